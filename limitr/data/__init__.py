@@ -1,0 +1,1 @@
+"""Reading MIMIC-CXR (real or synthetic), report sections, images and Parquet shards."""
