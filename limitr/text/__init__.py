@@ -1,0 +1,1 @@
+"""Report tokenization: tokenizer loading or training, token shards with word ids."""

@@ -1,0 +1,88 @@
+"""`limitr preprocess`: a MIMIC-CXR-JPG root (real or synthetic) to Parquet shards.
+
+Reads the ``preprocess`` section. Writes ``--out`` atomically: ``{train,validate,test}/
+part-NNNNN.parquet``, ``grounding.parquet`` and ``class_retrieval.parquet`` when their CSVs
+are given, and ``report.json`` (every skipped or degraded study, by reason).
+
+Several jobs can share the work with ``--num-shards K --shard-index I`` (by patient), each
+writing its own ``--out``; their part files have disjoint names, so copying the split
+folders together gives the output of one full run (the evaluation tables come from part 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stages.cli import app
+from stages.common import (
+    PARAMS_OPTION,
+    atomic_dir,
+    optional_path,
+    override,
+    print_table,
+    progress_bar,
+    section,
+    stage_errors,
+    write_json,
+)
+
+
+@app.command("preprocess")
+def preprocess_stage(
+    params: Path = PARAMS_OPTION,
+    mimic_root: Optional[Path] = typer.Option(None, "--mimic-root", help="folder with files/ and the csv.gz files (preprocess.mimic_root)"),
+    reports: Optional[Path] = typer.Option(None, help="mimic-cxr-reports.zip or its extracted folder (preprocess.reports)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (preprocess.out)"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="long side after resizing, padded to a square (preprocess.image_size)"),
+    workers: Optional[int] = typer.Option(None, help="worker processes; default the core count (preprocess.workers)"),
+    ms_cxr: Optional[str] = typer.Option(None, "--ms-cxr", help="MS_CXR_Local_Alignment CSV, or 'null' (preprocess.ms_cxr)"),
+    class_retrieval: Optional[str] = typer.Option(None, "--class-retrieval", help="CheXpert 5x200 CSV, or 'null' (preprocess.class_retrieval)"),
+    num_shards: int = typer.Option(1, "--num-shards", help="split the work by patient into this many parts"),
+    shard_index: int = typer.Option(0, "--shard-index", help="the part this job writes, 0 .. num-shards - 1"),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="studies per Parquet file (preprocess.shard_size)"),
+) -> None:
+    """Decode, resize and pad the images, parse the reports, write one row per study."""
+    with stage_errors():
+        from limitr.data.preprocess import (PreprocessConfig, default_workers, plan_preprocess,
+                                            run_preprocess)
+        from limitr.errors import LimitrError
+
+        cfg = section(params, "preprocess")
+        root = optional_path(override(mimic_root, cfg, "mimic_root"))
+        reports_path = optional_path(override(reports, cfg, "reports"))
+        out_dir = optional_path(override(out, cfg, "out", "data/shards"))
+        if root is None or reports_path is None or out_dir is None:
+            raise LimitrError("give --mimic-root and --reports (or preprocess.mimic_root / preprocess.reports)")
+        n_workers = override(workers, cfg, "workers")
+        config = PreprocessConfig(
+            mimic_root=root,
+            reports=reports_path,
+            image_size=int(override(image_size, cfg, "image_size", 256)),
+            workers=int(n_workers) if n_workers else default_workers(),
+            shard_size=int(override(shard_size, cfg, "shard_size", 500)),
+            num_shards=num_shards,
+            shard_index=shard_index,
+            ms_cxr=optional_path(override(ms_cxr, cfg, "ms_cxr")),
+            class_retrieval=optional_path(override(class_retrieval, cfg, "class_retrieval")),
+        )
+        plan = plan_preprocess(config)
+        with atomic_dir(out_dir) as tmp:
+            with progress_bar(plan.n_units, "preprocess", unit="study") as bar:
+                report = run_preprocess(plan, tmp, progress=bar.update)
+            write_json(tmp / "report.json", report)
+
+        rows: list[tuple[str, object]] = [
+            ("studies", report["studies_total"]),
+            ("kept", report["studies_kept"]),
+        ]
+        rows += [(f"skipped: {k}", len(v)) for k, v in report["skipped"].items()]
+        rows += [(f"degraded: {k}", len(v)) for k, v in report["degraded"].items()]
+        for name, total in (("grounding", "phrases_total"), ("class_retrieval", "items_total")):
+            if name in report:
+                sec = report[name]
+                kept = sec["phrases_kept" if name == "grounding" else "items_kept"]
+                rows.append((name, f"{kept} of {sec[total]} kept"))
+        print_table(f"preprocess -> {out_dir}", rows)
