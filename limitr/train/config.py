@@ -1,0 +1,93 @@
+"""The ``train`` section of params.yaml as a typed record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Optional, Union
+
+from limitr.errors import LimitrError
+
+#: Keys of params.yaml's ``train`` section that name folders, not knobs of the loop.
+PATH_KEYS: tuple[str, ...] = ("shards", "tokens", "out")
+#: Knobs that may change when a run is resumed (they do not alter the steps already taken).
+RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers")
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section of params.yaml (folders aside). Learning rates per step, no unit.
+
+    image_lr: learning rate of the image encoders (None = ``lr``); grad_clip: max global L2
+    norm (None or 0 = off); patience: epochs without a better validation r_sum before
+    stopping (None = never); mixed_precision: "auto" (on CUDA), true or false;
+    max_steps_per_epoch: cap for quick runs (None = every full global batch).
+    """
+
+    epochs: int = 6
+    batch_size: int = 32
+    crop_size: int = 128
+    upsample_to: Optional[int] = None
+    lr: float = 5.0e-5
+    image_lr: Optional[float] = 1.0e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1.0e-6
+    grad_clip: Optional[float] = 0.25
+    patience: Optional[int] = 5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    mixed_precision: Union[str, bool] = "auto"
+    num_workers: int = 0
+    max_steps_per_epoch: Optional[int] = None
+
+    @classmethod
+    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "TrainConfig":
+        """From a params-style mapping; folder keys are ignored, unknown keys raise."""
+        d = {k: v for k, v in dict(d or {}).items() if k not in PATH_KEYS}
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise LimitrError(f"unknown key(s) in train: {', '.join(unknown)} (known: {', '.join(known)})")
+        kwargs: dict[str, Any] = {}
+        try:
+            for key, value in d.items():
+                if key == "betas":
+                    b = [float(x) for x in value]
+                    if len(b) != 2:
+                        raise ValueError
+                    kwargs[key] = (b[0], b[1])
+                elif key == "mixed_precision":
+                    kwargs[key] = value if isinstance(value, bool) else str(value).lower()
+                elif value is None:
+                    kwargs[key] = None
+                elif key in ("epochs", "batch_size", "crop_size", "upsample_to", "patience",
+                             "plateau_patience", "num_workers", "max_steps_per_epoch"):
+                    if isinstance(value, bool) or float(value) != int(value):
+                        raise ValueError
+                    kwargs[key] = int(value)
+                else:
+                    kwargs[key] = float(value)
+        except (TypeError, ValueError):
+            raise LimitrError(f"train.{key} has an invalid value {d[key]!r}") from None
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.crop_size < 16:
+            raise LimitrError(
+                "train.epochs must be >= 1, train.batch_size >= 2 (the losses contrast pairs "
+                f"within a batch) and train.crop_size >= 16; got {self.epochs}, {self.batch_size}, {self.crop_size}"
+            )
+        if self.lr <= 0 or (self.image_lr is not None and self.image_lr <= 0):
+            raise LimitrError("train.lr and train.image_lr must be positive")
+        if self.mixed_precision not in ("auto", True, False, "true", "false"):
+            raise LimitrError(f"train.mixed_precision must be auto, true or false, got {self.mixed_precision!r}")
+        if not 0 < self.plateau_factor < 1:
+            raise LimitrError(f"train.plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise LimitrError("train.max_steps_per_epoch must be null or >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d

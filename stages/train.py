@@ -1,0 +1,118 @@
+"""`limitr train`: train LIMITR on the token and image shards, validate every epoch.
+
+Reads the ``model``, ``train`` and ``base`` sections. Writes ``--out`` (best/ and last/
+checkpoints, config.json, report.json) and, into ``--metrics``, train.json plus the step and
+epoch curves. Runs unchanged under ``torchrun --nproc_per_node N`` (data-parallel; only rank
+0 prints and writes); ``train.batch_size`` is the global batch over all processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stages.cli import app
+from stages.common import (
+    PARAMS_OPTION,
+    base,
+    optional_path,
+    override,
+    print_table,
+    progress_bar,
+    resolve_device,
+    section,
+    stage_errors,
+)
+
+
+@app.command("train")
+def train_stage(
+    params: Path = PARAMS_OPTION,
+    shards: Optional[Path] = typer.Option(None, help="study shards folder (train.shards)"),
+    tokens: Optional[Path] = typer.Option(None, help="token shards folder (train.tokens)"),
+    out: Optional[Path] = typer.Option(None, help="run folder for checkpoints (train.out)"),
+    epochs: Optional[int] = typer.Option(None, help="train.epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global batch over all processes (train.batch_size)"),
+    resume: Optional[bool] = typer.Option(
+        None,
+        "--resume/--no-resume",
+        help="continue out/last, or start afresh; default: continue an unfinished run with the same settings",
+    ),
+    metrics: Path = typer.Option(Path("metrics"), help="folder for train.json and the curves"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
+) -> None:
+    """Train the model; validation r_sum picks the best epoch and drives the schedule."""
+    with stage_errors():
+        from limitr.model.config import ModelConfig
+        from limitr.train.distributed import init_distributed, shutdown_distributed
+        from limitr.train.loop import TrainCallbacks, TrainConfig, train
+
+        train_sec = dict(section(params, "train"))
+        base_sec = base(params)
+        if epochs is not None:
+            train_sec["epochs"] = epochs
+        if batch_size is not None:
+            train_sec["batch_size"] = batch_size
+        model_cfg = ModelConfig.from_dict(section(params, "model"))
+        train_cfg = TrainConfig.from_dict(train_sec)
+        shards_dir = optional_path(override(shards, train_sec, "shards", "data/shards"))
+        tokens_dir = optional_path(override(tokens, train_sec, "tokens", "data/tokens"))
+        out_dir = optional_path(override(out, train_sec, "out", "data/model"))
+        seed = int(base_sec.get("seed", 0) or 0)
+
+        ctx, dev = init_distributed(resolve_device(override(device, base_sec, "device", "auto")))
+        bar = progress_bar(None, "train", unit="step") if ctx.is_main else None
+        callbacks = TrainCallbacks()
+        if bar is not None:
+
+            def on_start(total: int, done: int) -> None:
+                bar.reset(total=total)
+                bar.update(done)
+
+            def on_step(row: dict) -> None:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", studies_s=f"{row['studies_per_s']:.1f}", refresh=False)
+                bar.update(1)  # draws the bar with this step's figures
+
+            def on_epoch(row: dict) -> None:
+                bar.write(
+                    f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                    f"validation r_sum {row['r_sum']:.1f} (i2t R@1 {row['i2t_R@1']:.1f}, "
+                    f"t2i R@1 {row['t2i_R@1']:.1f})"
+                )
+
+            callbacks = TrainCallbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch)
+        try:
+            result = train(
+                model_cfg,
+                train_cfg,
+                shards_dir,
+                tokens_dir,
+                out_dir,
+                seed=seed,
+                device=dev,
+                metrics_dir=metrics,
+                resume=resume,
+                dist=ctx,
+                callbacks=callbacks,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+            shutdown_distributed(ctx)
+        if ctx.is_main:
+            s = result.summary
+            rows = [
+                ("device", f"{dev} x {ctx.world_size}" if ctx.enabled else str(dev)),
+                ("studies", f"{s['n_train']} train, {s['n_validate']} validate"),
+                ("epochs run", f"{s['epochs_run']}{' (stopped early)' if s['stopped_early'] else ''}"),
+                ("best epoch", s["best_epoch"]),
+                ("best r_sum", f"{s['best'].get('r_sum', float('nan')):.1f} (chance {s['chance_r_sum']:.1f})"),
+                ("final r_sum", f"{s['final'].get('r_sum', float('nan')):.1f}"),
+                ("seconds", s["seconds"]),
+                ("model", str(out_dir / "best")),
+            ]
+            if result.resumed_from_epoch is not None:
+                rows.insert(0, ("resumed after epoch", result.resumed_from_epoch))
+            print_table("train", rows)

@@ -1,0 +1,86 @@
+"""The train config, the optimizer's parameter groups and the autocast rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from limitr.errors import LimitrError
+from limitr.model.config import ModelConfig
+from limitr.train.config import TrainConfig
+from limitr.train.loop import derive_seed, parameter_groups, resolve_autocast_dtype
+from train_data_factory import tiny_model_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
+def test_params_files_parse(name: str) -> None:
+    params = yaml.safe_load((REPO / name).read_text())
+    cfg = TrainConfig.from_dict(params["train"])
+    assert cfg.epochs >= 1 and cfg.batch_size >= 2
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    ModelConfig.from_dict(params["model"])
+
+
+def test_paper_preset_holds_the_paper_settings() -> None:
+    params = yaml.safe_load((REPO / "params-paper.yaml").read_text())
+    train, model = params["train"], params["model"]
+    assert (train["batch_size"], train["epochs"], train["crop_size"], train["upsample_to"]) == (48, 50, 224, 299)
+    assert (train["lr"], list(train["betas"]), train["weight_decay"], train["grad_clip"]) == (5e-5, [0.5, 0.999], 1e-6, 0.25)
+    assert train["mixed_precision"] is True and train["patience"] == 5
+    assert model["image_backbone"] == "resnet50" and model["embed_dim"] == 768
+    assert model["text_encoder"] == params["tokenize"]["tokenizer"] == "emilyalsentzer/Bio_ClinicalBERT"
+    assert params["preprocess"]["image_size"] == 256
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in default.items():  # a complete params file, key for key
+        assert set(params.get(section) or {}) == set(values), (
+            f"params-paper.yaml section {section} differs in keys from params.yaml: bring them in line"
+        )
+
+
+def test_bad_train_values_say_which_key() -> None:
+    with pytest.raises(LimitrError, match="unknown key"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(LimitrError, match="train.batch_size"):
+        TrainConfig.from_dict({"batch_size": 2.5})
+    with pytest.raises(LimitrError, match="batch_size"):
+        TrainConfig.from_dict({"batch_size": 1})
+    with pytest.raises(LimitrError, match="mixed_precision"):
+        TrainConfig.from_dict({"mixed_precision": "sometimes"})
+    cfg = TrainConfig.from_dict({"shards": "x", "tokens": "y", "out": "z", "betas": [0.9, 0.99], "image_lr": None})
+    assert cfg.betas == (0.9, 0.99) and cfg.image_lr is None
+
+
+def test_autocast_rule() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_autocast_dtype("auto", cpu) is None
+    assert resolve_autocast_dtype(False, cpu) is None
+    assert resolve_autocast_dtype(True, cpu) == torch.bfloat16
+    assert resolve_autocast_dtype("true", cpu) == torch.bfloat16
+
+
+def test_parameter_groups_split_image_encoders(tiny_bert) -> None:
+    from limitr.model import LIMITR
+
+    model = LIMITR(ModelConfig.from_dict(tiny_model_dict(tiny_bert, text_freeze_layers=2)))
+    groups = parameter_groups(model, 1e-4, 3e-4)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["image"]["lr"] == 3e-4 and by_name["text_and_alignment"]["lr"] == 1e-4
+    image_ids = {id(p) for p in model.frontal_encoder.parameters()} | {id(p) for p in model.lateral_encoder.parameters()}
+    assert {id(p) for p in by_name["image"]["params"]} == image_ids
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) and set(grouped) == trainable
+    frozen = {id(p) for p in model.text_encoder.bert.embeddings.parameters()}
+    assert not frozen & set(grouped)
+    assert parameter_groups(model, 1e-4, None)[0]["lr"] == 1e-4
+
+
+def test_derived_seeds_differ_and_repeat() -> None:
+    seeds = {derive_seed(0, e, r) for e in range(5) for r in range(3)}
+    assert len(seeds) == 15 and derive_seed(0, 1, 0) == derive_seed(0, 1, 0)
+    assert all(0 <= s < 2**63 for s in seeds)
