@@ -1,0 +1,251 @@
+"""Phrase grounding: region-grid maps back to original pixels, and CNR, IoU and pointing game.
+
+Geometry (see limitr/data/schema.py): an original image of ``orig_height x orig_width``
+pixels is resized by ``scale`` and zero-padded to an ``image_size`` square with ``pad_left``
+and ``pad_top`` pixels before it; the model then sees the centre ``crop_size`` square of that
+(possibly resized again, uniformly, to the encoder's input size, which changes nothing here)
+and produces an ``h x w`` grid of regions over the crop.
+
+An original pixel (x, y), whose centre is at (x + 0.5, y + 0.5), sits at
+
+    u = (x + 0.5) * scale + pad_left - crop_left      (crop pixels, from the crop's left edge)
+
+and at ``u * w / crop_size`` in grid cells. The map is sampled there (bilinear by default, one
+interpolation from the grid straight to original pixels); pixels the crop did not see are NaN.
+Every metric ignores NaN pixels, so the image's padding and the cropped-off border never count.
+
+Boxes are ``[x, y, w, h]`` in original pixels; a pixel belongs to a box when its centre lies in
+``[x, x + w) x [y, y + h)``, so an integer box covers exactly ``mask[y:y+h, x:x+w]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Thresholds on the min-max normalised map at which IoU is measured.
+IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def center_crop_offset(size: int, crop: int) -> int:
+    """Pixels before a centred crop of ``crop`` in ``size``: the evaluation crop of the
+    training dataset (:func:`limitr.train.dataset.crop_offsets`), whose rule this must share."""
+    from limitr.train.dataset import crop_offsets
+
+    return crop_offsets(size, size, crop, None)[0]
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """How one original image became the model's input (all lengths in pixels)."""
+
+    orig_height: int
+    orig_width: int
+    scale: float  # resized = original * scale
+    pad_left: int
+    pad_top: int
+    image_size: int  # side of the padded square
+    crop_size: int  # side of the centre crop the model saw (== image_size for no crop)
+
+    @property
+    def crop_offset(self) -> int:
+        return center_crop_offset(self.image_size, self.crop_size)
+
+
+def original_to_grid(coords: torch.Tensor, scale: float, pad: int, crop_offset: int, crop_size: int) -> torch.Tensor:
+    """Original pixel-centre coordinates along one axis -> normalised crop coordinates in
+    [-1, 1] (grid_sample's ``align_corners=False`` convention; outside the crop beyond it)."""
+    crop_coord = coords * scale + pad - crop_offset
+    return 2.0 * crop_coord / crop_size - 1.0
+
+
+def map_to_original(
+    grid_map: torch.Tensor,
+    geometry: ImageGeometry,
+    mode: Literal["bilinear", "nearest"] = "bilinear",
+) -> np.ndarray:
+    """A region-grid map (h, w) over the crop -> (orig_height, orig_width) float32 in original
+    pixels, NaN where the crop did not see the image. Bilinear sampling clamps to the outer
+    cells' values between the outermost cell centres and the crop edge."""
+    g = geometry
+    grid_map = grid_map.detach().to(torch.float32).cpu()
+    if grid_map.ndim != 2:
+        raise ValueError(f"grid_map must be (h, w), got {tuple(grid_map.shape)}")
+    xs = torch.arange(g.orig_width, dtype=torch.float64) + 0.5
+    ys = torch.arange(g.orig_height, dtype=torch.float64) + 0.5
+    nx = original_to_grid(xs, g.scale, g.pad_left, g.crop_offset, g.crop_size)
+    ny = original_to_grid(ys, g.scale, g.pad_top, g.crop_offset, g.crop_size)
+    sample = torch.stack(torch.broadcast_tensors(nx[None, :], ny[:, None]), dim=-1)  # (H, W, 2) as (x, y)
+    out = F.grid_sample(
+        grid_map[None, None],
+        sample[None].to(torch.float32),
+        mode=mode,
+        padding_mode="border",
+        align_corners=False,
+    )[0, 0]
+    inside_x = (nx >= -1.0) & (nx < 1.0)
+    inside_y = (ny >= -1.0) & (ny < 1.0)
+    valid = inside_y[:, None] & inside_x[None, :]
+    return torch.where(valid, out, torch.tensor(float("nan"))).numpy()
+
+
+def box_mask(boxes: Iterable[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """(height, width) bool: pixels whose centre lies in any ``[x, y, w, h]`` box."""
+    mask = np.zeros((height, width), dtype=bool)
+    xc = np.arange(width) + 0.5
+    yc = np.arange(height) + 0.5
+    for x, y, w, h in boxes:
+        cols = (xc >= x) & (xc < x + w)
+        rows = (yc >= y) & (yc < y + h)
+        mask |= rows[:, None] & cols[None, :]
+    return mask
+
+
+def normalise(values: np.ndarray) -> np.ndarray:
+    """Min-max scaling of the valid (non-NaN) values to [0, 1]; a constant map becomes 0."""
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    if not np.isfinite(hi - lo) or hi == lo:
+        return np.where(np.isnan(values), np.nan, 0.0)
+    return (values - lo) / (hi - lo)
+
+
+def cnr(sim_map: np.ndarray, inside: np.ndarray) -> float:
+    """Contrast-to-noise ratio (mean_in - mean_out) / sqrt(var_in + var_out) over valid
+    pixels (population variances). Signed: a map brighter outside the box is negative.
+    NaN when either side has no valid pixel or both variances are zero."""
+    valid = ~np.isnan(sim_map)
+    a, b = sim_map[valid & inside], sim_map[valid & ~inside]
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    denom = np.sqrt(a.var() + b.var())
+    if denom == 0:
+        return float("nan")
+    return float((a.mean() - b.mean()) / denom)
+
+
+def iou_at_thresholds(
+    sim_map: np.ndarray, inside: np.ndarray, thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> np.ndarray:
+    """IoU between {normalised map >= t} and the boxes, for each threshold t: (T,).
+    Only valid pixels count; NaN where the boxes have no valid pixel."""
+    valid = ~np.isnan(sim_map)
+    target = inside & valid
+    if not target.any():
+        return np.full(len(thresholds), np.nan)
+    norm = np.nan_to_num(normalise(sim_map), nan=-1.0)
+    t = np.asarray(thresholds, dtype=np.float64)[:, None]
+    pred = norm.reshape(1, -1) >= t  # (T, P)
+    tgt = target.reshape(1, -1)
+    inter = (pred & tgt).sum(1)
+    union = (pred | tgt).sum(1)
+    return inter / union
+
+
+def pointing_game(sim_map: np.ndarray, inside: np.ndarray) -> float:
+    """1.0 when the map's maximum lies in a box, else 0.0. Pessimistic on ties: every pixel
+    that attains the maximum must be inside. NaN when no pixel is valid."""
+    valid = ~np.isnan(sim_map)
+    if not valid.any():
+        return float("nan")
+    peak = np.nanmax(sim_map)
+    at_peak = valid & (sim_map == peak)
+    return float(np.all(inside[at_peak]))
+
+
+@dataclass
+class PhraseScores:
+    """The grounding figures of one phrase's map."""
+
+    cnr: float
+    iou: np.ndarray  # (T,) IoU at each threshold
+    pointing: float
+
+
+def score_phrase(
+    sim_map: np.ndarray, boxes: Iterable[Sequence[float]], thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> PhraseScores:
+    """CNR, IoU per threshold and the pointing game of one map (original pixels) and its boxes."""
+    inside = box_mask(boxes, *sim_map.shape)
+    return PhraseScores(cnr(sim_map, inside), iou_at_thresholds(sim_map, inside, thresholds), pointing_game(sim_map, inside))
+
+
+def _nanmean(values: Sequence[float]) -> Optional[float]:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else None
+
+
+def aggregate(
+    scores: Sequence[PhraseScores],
+    categories: Sequence[str],
+    category_order: Sequence[str],
+    thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> dict:
+    """Per-category and mean figures over phrases.
+
+    Returns ``{"cnr", "miou", "miou_best", "pointing_game"}``, each ``{"mean", <category>...}``
+    (``mean`` is the unweighted mean of the categories present, as MS-CXR results are
+    reported), plus ``best_threshold``, ``thresholds``, ``n_phrases`` per category and
+    ``n_undefined`` (phrases whose CNR or IoU was undefined, left out of the means).
+    ``miou``: a phrase's IoU averaged over the thresholds; ``miou_best``: IoU at the one
+    threshold that maximises the mean IoU over all phrases.
+    """
+    cats = np.asarray(list(categories))
+    ious = np.stack([s.iou for s in scores]) if scores else np.zeros((0, len(thresholds)))
+    with np.errstate(invalid="ignore"):
+        column_means = np.array([_nanmean(ious[:, i]) or 0.0 for i in range(len(thresholds))])
+    best = int(np.argmax(column_means)) if len(thresholds) else 0
+    present = [c for c in category_order if (cats == c).any()]
+    out: dict = {name: {} for name in ("cnr", "miou", "miou_best", "pointing_game")}
+    counts: dict[str, int] = {}
+    for c in present:
+        sel = np.flatnonzero(cats == c)
+        counts[c] = int(sel.size)
+        out["cnr"][c] = _nanmean([scores[i].cnr for i in sel])
+        out["miou"][c] = _nanmean([np.nanmean(scores[i].iou) if np.isfinite(scores[i].iou).any() else np.nan for i in sel])
+        out["miou_best"][c] = _nanmean([scores[i].iou[best] for i in sel])
+        out["pointing_game"][c] = _nanmean([scores[i].pointing for i in sel])
+    for name in ("cnr", "miou", "miou_best", "pointing_game"):
+        out[name] = {"mean": _nanmean([v for v in out[name].values() if v is not None]), **out[name]}
+    out["best_threshold"] = float(thresholds[best]) if len(thresholds) else None
+    out["thresholds"] = [float(t) for t in thresholds]
+    out["n_phrases"] = {"total": int(len(scores)), **counts}
+    out["n_undefined"] = int(sum(1 for s in scores if not np.isfinite(s.cnr) or not np.isfinite(s.iou).all()))
+    return out
+
+
+def word_attention_map(attention: torch.Tensor, word_mask: torch.Tensor, n_regions: int) -> torch.Tensor:
+    """Word-to-region attention aggregated over a phrase's words.
+
+    attention: (B, N, M) from the model's grounding maps; word_mask: (B, N) True for the words
+    to average (the phrase's words, not [CLS] or padding); n_regions: R, the frontal regions
+    that come first among the M. Returns (B, R): the mean over words.
+    """
+    weights = word_mask.to(attention.dtype)
+    summed = torch.einsum("bnm,bn->bm", attention[:, :, :n_regions], weights)
+    return summed / weights.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def cosine_map(regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """Patch-to-phrase cosine similarity.
+
+    regions: (B, R, D) frontal region features; words: (B, N, D) local text features;
+    word_mask: (B, N) the phrase's words. The phrase vector is the mean of its word features,
+    in the same local space the regions are aligned to. Returns (B, R) in [-1, 1].
+    """
+    weights = word_mask.to(words.dtype)
+    phrase = torch.einsum("bnd,bn->bd", words, weights) / weights.sum(1, keepdim=True).clamp_min(1.0)
+    return F.cosine_similarity(regions, phrase[:, None, :], dim=-1, eps=1e-8)
+
+
+def category_examples(categories: Sequence[str], keys: Sequence[int]) -> Mapping[str, int]:
+    """The fixed example of each category for figures: the row with the smallest key."""
+    chosen: dict[str, tuple[int, int]] = {}
+    for row, (cat, key) in enumerate(zip(categories, keys)):
+        if cat not in chosen or key < chosen[cat][0]:
+            chosen[cat] = (int(key), row)
+    return {cat: row for cat, (_, row) in chosen.items()}

@@ -1,0 +1,142 @@
+"""Phrase grounding from saved embeddings: two maps per phrase, scored in original pixels.
+
+For each phrase and its image:
+
+- ``attention``: the model's word-to-region attention (``grounding_maps``), averaged over the
+  phrase's words (not [CLS], not padding), over the frontal regions;
+- ``cosine``: the cosine between each frontal region feature and the phrase vector (mean of
+  its word features).
+
+Both (h, w) maps are mapped back through crop, resize and padding to the original pixels
+(:func:`limitr.eval.grounding.map_to_original`) and scored against the phrase's boxes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from limitr.data.schema import MS_CXR_CATEGORIES
+from limitr.errors import LimitrError
+from limitr.eval import grounding as G
+from limitr.eval.scoring import take
+from limitr.eval.store import align, read_embeddings
+from limitr.progress import ProgressFn, advance
+
+MAP_KINDS: tuple[str, ...] = ("attention", "cosine")
+_GEOMETRY = ("orig_height", "orig_width", "scale", "pad_left", "pad_top")
+
+
+def grounding_total(embeddings: Path) -> int:
+    """Phrases the grounding task will map (for a progress total)."""
+    from limitr.eval.evaluate import read_manifest
+
+    return int(read_manifest(embeddings).get("tables", {}).get("grounding", {}).get("images", 0))
+
+
+def _png_side(data: bytes) -> int:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+    if width != height:
+        raise LimitrError(f"grounding images must be padded squares, found {width} x {height}: re-run preprocess")
+    return int(width)
+
+
+@torch.no_grad()
+def phrase_maps(model, images, texts, batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention, cosine) maps, each (P, h, w) on the CPU, for P matched (image, phrase) pairs.
+
+    images / texts: ImageEmbeddings / TextEmbeddings of the same P items, in pair order.
+    """
+    h, w = images.grid
+    regions = h * w
+    att_parts, cos_parts = [], []
+    for start in range(0, images.global_emb.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        img, txt = take(images, sl).to(device), take(texts, sl).to(device)
+        words = txt.local_mask.clone()
+        words[:, 0] = False  # [CLS] is not a word of the phrase
+        attention = model.grounding_maps(img, txt)  # (B, N, M)
+        att_parts.append(G.word_attention_map(attention.float(), words, regions).view(-1, h, w).cpu())
+        cos = G.cosine_map(img.local[:, :regions].float(), txt.local.float(), words)
+        cos_parts.append(cos.view(-1, h, w).cpu())
+    return torch.cat(att_parts), torch.cat(cos_parts)
+
+
+def grounding(
+    model,
+    embeddings: Path,
+    shards: Path,
+    manifest: dict,
+    settings,
+    progress: ProgressFn = None,
+    thresholds: Sequence[float] = G.IOU_THRESHOLDS,
+) -> dict:
+    """grounding.json's dict: the attention map's figures at the top level (``cnr``, ``miou``,
+    ``miou_best``, ``pointing_game``, per category and mean), the cosine map's under
+    ``cosine``; plus ``"_examples"`` (one phrase per category for the figures, not a metric)."""
+    folder = Path(embeddings) / "grounding"
+    img_keys, images = read_embeddings(folder, "images")
+    txt_keys, texts = read_embeddings(folder, "texts")
+    keys, img_rows, txt_rows = align(img_keys, txt_keys)
+    if len(keys) == 0:
+        raise LimitrError("no grounding phrase has both an image and a text embedding")
+    images, texts = take(images, img_rows), take(texts, txt_rows)
+    crop = int(manifest.get("settings", {}).get("crop_size", 0))
+    if crop <= 0:
+        raise LimitrError("the embeddings report does not give the crop size: re-run the embed stage")
+
+    columns = ["phrase_id", "category_name", "label_text", "boxes", "image", *_GEOMETRY]
+    table = pq.read_table(Path(shards) / "grounding.parquet", columns=columns)
+    row_of = {int(k): i for i, k in enumerate(table.column("phrase_id").to_pylist())}
+    missing = [int(k) for k in keys if int(k) not in row_of]
+    if missing:
+        raise LimitrError(f"grounding embeddings for phrases {missing[:5]} are not in the grounding table: re-run embed")
+    rows = [row_of[int(k)] for k in keys]
+    cols = {name: table.column(name).to_pylist() for name in columns if name != "image"}
+    image_col = table.column("image")
+
+    attention, cosine = phrase_maps(model, images, texts, settings.score_block, settings.device)
+    categories = [cols["category_name"][r] for r in rows]
+    examples = G.category_examples(categories, keys.tolist())
+    example_rows = set(examples.values())
+    scores: dict[str, list[G.PhraseScores]] = {kind: [] for kind in MAP_KINDS}
+    figures: dict[str, dict] = {}
+    for i, r in enumerate(rows):
+        image_bytes = image_col[r].as_py()
+        geometry = G.ImageGeometry(
+            orig_height=int(cols["orig_height"][r]),
+            orig_width=int(cols["orig_width"][r]),
+            scale=float(cols["scale"][r]),
+            pad_left=int(cols["pad_left"][r]),
+            pad_top=int(cols["pad_top"][r]),
+            image_size=_png_side(image_bytes),
+            crop_size=crop,
+        )
+        boxes = cols["boxes"][r]
+        maps = {"attention": attention[i], "cosine": cosine[i]}
+        original = {kind: G.map_to_original(m, geometry) for kind, m in maps.items()}
+        for kind in MAP_KINDS:
+            scores[kind].append(G.score_phrase(original[kind], boxes, thresholds))
+        if i in example_rows:
+            figures[categories[i]] = {
+                "phrase_id": int(keys[i]),
+                "text": cols["label_text"][r],
+                "boxes": boxes,
+                "image": image_bytes,
+                "geometry": geometry,
+                "maps": original,
+            }
+        advance(progress, 1)
+    order = list(MS_CXR_CATEGORIES) + sorted(set(categories) - set(MS_CXR_CATEGORIES))
+    out = {"map": "word_to_region_attention", **G.aggregate(scores["attention"], categories, order, thresholds)}
+    out["cosine"] = {"map": "patch_to_phrase_cosine", **G.aggregate(scores["cosine"], categories, order, thresholds)}
+    out["_examples"] = {c: figures[c] for c in order if c in figures}
+    return out

@@ -1,0 +1,98 @@
+"""Plot files of the evaluate stage: curve series as TSV, grounding overlays as PNG."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def write_series_tsv(path: Path, series: Mapping[str, Sequence[float]], x: str = "k") -> None:
+    """A TSV with column ``x`` then one column per other series, cut to the shortest series;
+    written under a temporary name and renamed."""
+    names = [x] + [name for name in series if name != x]
+    length = min(len(series[name]) for name in names)
+    lines = ["\t".join(names)]
+    for i in range(length):
+        cells = []
+        for name in names:
+            value = series[name][i]
+            cells.append(str(int(value)) if name == x else f"{float(value):.4f}")
+        lines.append("\t".join(cells))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a category name: 'Pleural Effusion' -> 'pleural_effusion'."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed"
+
+
+def _unpadded_image(png: bytes, geometry) -> np.ndarray:
+    """The processed (resized, padded) image with its padding removed: (h, w) uint8."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        pixels = np.asarray(img.convert("L"))
+    height = max(1, int(round(geometry.orig_height * geometry.scale)))
+    width = max(1, int(round(geometry.orig_width * geometry.scale)))
+    return pixels[geometry.pad_top : geometry.pad_top + height, geometry.pad_left : geometry.pad_left + width]
+
+
+def draw_grounding_example(path: Path, category: str, example: Mapping) -> None:
+    """One PNG: the image with each grounding map over it (original pixel axes) and the
+    phrase's boxes drawn; pixels the crop did not see are left uncoloured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    geometry = example["geometry"]
+    image = _unpadded_image(example["image"], geometry)
+    extent = (0, geometry.orig_width, geometry.orig_height, 0)
+    maps = example["maps"]
+    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4.6), dpi=100, squeeze=False)
+    for ax, (kind, values) in zip(axes[0], maps.items()):
+        ax.imshow(image, cmap="gray", extent=extent, interpolation="bilinear")
+        shown = np.ma.masked_invalid(values)
+        ax.imshow(shown, cmap="jet", alpha=0.45, extent=extent, interpolation="nearest")
+        for x, y, w, h in example["boxes"]:
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=2))
+        ax.set_title(kind, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    text = str(example.get("text", ""))
+    fig.suptitle(f"{category}: {text[:70]}{'...' if len(text) > 70 else ''}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def draw_message(path: Path, message: str) -> None:
+    """A small PNG that carries a message (e.g. why the grounding figures are absent), so a
+    declared plot folder is never empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(5, 1.2), dpi=100)
+    fig.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)

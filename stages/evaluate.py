@@ -1,0 +1,150 @@
+"""`limitr evaluate`: retrieval, class retrieval, zero-shot and grounding from saved embeddings.
+
+Reads the ``evaluate`` and ``base`` sections. Writes into ``--metrics`` (default metrics/):
+retrieval.json, class_retrieval.json, zero_shot.json, grounding.json (a task without its
+table writes ``{"skipped": reason}``), and into ``--plots`` (default metrics/plots/):
+recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png overlays.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from stages.cli import app
+from stages.common import (
+    PARAMS_OPTION,
+    atomic_dir,
+    base,
+    optional_path,
+    override,
+    print_table,
+    progress_bar,
+    resolve_device,
+    section,
+    stage_errors,
+    write_json,
+)
+
+METRIC_FILES = {
+    "retrieval": "retrieval.json",
+    "class_retrieval": "class_retrieval.json",
+    "zero_shot": "zero_shot.json",
+    "grounding": "grounding.json",
+}
+
+
+def _json_ready(value: Any) -> Any:
+    """Drop private keys (``_curves``, ``_examples``) and turn NaN or infinity into null."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    ret = results.get("retrieval", {})
+    if "full" in ret:
+        for proto, name in (("full", "full"), (block_key, block_key)):
+            r = ret[proto]
+            for d in ("i2t", "t2i"):
+                rows.append((f"retrieval {name} {d} R@1/5/10",
+                             " / ".join(_fmt(r[d][f"R@{k}"], 1) for k in (1, 5, 10)) + f"  (n={r['n_candidates']})"))
+            rows.append((f"retrieval {name} r_sum", f"{_fmt(r['r_sum'], 1)}  (chance {_fmt(sum(r['chance'].values()) * 2, 1)})"))
+        if "rerank" in ret:
+            rows.append((f"rerank top-{ret['rerank']['top_k']} full r_sum", _fmt(ret["rerank"]["full"]["r_sum"], 1)))
+    cr = results.get("class_retrieval", {})
+    for d in ("t2i", "i2t"):
+        entry = cr.get(d, {})
+        for k in ("P@5", "P@10", "P@50", "P@100"):
+            if k in entry:
+                rows.append((f"class retrieval {d} {k} mean", _fmt(entry[k]["mean"], 1)))
+    zs = results.get("zero_shot", {})
+    if "auroc" in zs:
+        rows.append(("zero-shot mean AUROC", _fmt(zs["auroc"]["mean"], 3)))
+    gr = results.get("grounding", {})
+    for prefix, entry in (("attention", gr), ("cosine", gr.get("cosine", {}))):
+        if "cnr" in entry:
+            rows.append((f"grounding {prefix} CNR / mIoU / pointing",
+                         " / ".join(_fmt(entry[m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))))
+    for name, result in results.items():
+        if "skipped" in result:
+            rows.append((name, f"skipped: {result['skipped']}"))
+    return rows
+
+
+@app.command("evaluate")
+def evaluate_stage(
+    params: Path = PARAMS_OPTION,
+    embeddings: Optional[Path] = typer.Option(None, help="embed stage output (evaluate.embeddings)"),
+    model: Optional[Path] = typer.Option(None, help="train stage output, for its scoring function (evaluate.model)"),
+    shards: Optional[Path] = typer.Option(None, help="preprocess output: labels, boxes, images (evaluate.shards)"),
+    metrics: Optional[Path] = typer.Option(None, help="folder for the metrics JSON files (evaluate.metrics)"),
+    plots: Optional[Path] = typer.Option(None, help="folder for the plot files (evaluate.plots)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="candidates per block of the block protocol (evaluate.block_size)"),
+    rerank_top_k: Optional[int] = typer.Option(None, "--rerank-top-k", help="re-rank the global top-K by the full score; 0 = off (evaluate.rerank_top_k)"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
+) -> None:
+    """Score the saved embeddings with the model's similarity and write metrics and plots."""
+    with stage_errors():
+        from limitr.errors import LimitrError
+        from limitr.eval.embed import load_model
+        from limitr.eval.evaluate import EvalSettings, plan_tasks
+        from limitr.eval.plots import draw_grounding_example, draw_message, slug, write_series_tsv
+
+        cfg = section(params, "evaluate")
+        emb_dir = optional_path(override(embeddings, cfg, "embeddings", "data/embeddings"))
+        model_dir = optional_path(override(model, cfg, "model", "data/model"))
+        shards_dir = optional_path(override(shards, cfg, "shards", "data/shards"))
+        metrics_dir = optional_path(override(metrics, cfg, "metrics", "metrics"))
+        plots_dir = optional_path(override(plots, cfg, "plots", "metrics/plots"))
+        dev = resolve_device(override(device, base(params), "device", "auto"))
+        block = int(override(block_size, cfg, "block_size", 1000))
+        top_k = override(rerank_top_k, cfg, "rerank_top_k")
+        score_block = int(cfg.get("score_block") or 64)
+        if block < 1 or score_block < 1:
+            raise LimitrError("evaluate.block_size and evaluate.score_block must be positive")
+
+        net, run_config = load_model(model_dir, dev)
+        settings = EvalSettings(
+            block_size=block,
+            rerank_top_k=int(top_k) if top_k else None,
+            score_block=score_block,
+            chunk=(run_config.get("model") or {}).get("score_chunk"),
+            device=dev,
+        )
+        results: dict = {}
+        for task in plan_tasks(emb_dir, shards_dir, settings):
+            if task.skipped is not None or task.run is None:
+                results[task.name] = {"skipped": task.skipped}
+                continue
+            with progress_bar(task.total or None, f"evaluate {task.name}", unit="pair") as bar:
+                results[task.name] = task.run(net, bar.update)
+
+        for name, file_name in METRIC_FILES.items():
+            write_json(metrics_dir / file_name, _json_ready(results[name]))
+        curves = results["retrieval"].get("_curves", {"k": []})
+        write_series_tsv(plots_dir / "recall_at_k.tsv", curves)
+        precision = results["class_retrieval"].get("_curves", {"k": [], "t2i": [], "i2t": []})
+        write_series_tsv(plots_dir / "precision_at_k.tsv", precision)
+        with atomic_dir(plots_dir / "grounding") as tmp:
+            examples = results["grounding"].get("_examples")
+            if examples:
+                for category, example in examples.items():
+                    draw_grounding_example(tmp / f"{slug(category)}.png", category, example)
+            else:
+                reason = results["grounding"].get("skipped", "no grounding example")
+                draw_message(tmp / "skipped.png", f"grounding skipped: {reason}")
+
+        print_table("evaluation", _summary_rows(results, f"block{block}"))

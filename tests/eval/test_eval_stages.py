@@ -1,0 +1,163 @@
+"""`limitr embed` and `limitr evaluate` on tiny tables: every metrics file and plot, figures
+equal to the metrics computed directly, skipped tasks, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import stages.embed  # noqa: F401  (registers the command)
+import stages.evaluate  # noqa: F401
+from eval_fixtures import CROP, StubModel, write_run_config, write_tables
+from limitr.eval import metrics as M
+from limitr.eval.prompts import CLASS_PROMPTS
+from limitr.eval.store import read_embeddings
+from stages.cli import app
+
+runner = CliRunner()
+
+
+def write_params(root: Path, **evaluate) -> Path:
+    params = {
+        "base": {"device": "cpu"},
+        "embed": {"model": str(root / "model"), "shards": str(root / "shards"), "tokens": str(root / "tokens"),
+                  "out": str(root / "emb"), "batch_size": 4, "rows_per_file": 6},
+        "evaluate": {"embeddings": str(root / "emb"), "model": str(root / "model"), "shards": str(root / "shards"),
+                     "metrics": str(root / "metrics"), "plots": str(root / "metrics" / "plots"),
+                     "block_size": 4, "rerank_top_k": None, "score_block": 3, **evaluate},
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def stubbed(monkeypatch, tmp_path: Path):
+    """Both stages load the stand-in model instead of a checkpoint."""
+    import limitr.eval.embed as embed_lib
+
+    model = StubModel().eval()
+    write_run_config(tmp_path / "model")
+    monkeypatch.setattr(embed_lib, "load_model", lambda folder, device: (model, json.loads((tmp_path / "model" / "config.json").read_text())))
+    return model
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubModel) -> None:
+    write_tables(tmp_path)
+    params = write_params(tmp_path, rerank_top_k=3)
+    invoke("embed", "--params", str(params))
+    report = json.loads((tmp_path / "emb" / "report.json").read_text())
+    assert set(report["tables"]) == {"test", "grounding", "class_retrieval", "prompts"}
+    assert report["settings"]["crop_size"] == CROP
+    result = invoke("evaluate", "--params", str(params))
+    assert "retrieval full r_sum" in result.output
+
+    metrics = tmp_path / "metrics"
+    retrieval = json.loads((metrics / "retrieval.json").read_text())
+    _, images = read_embeddings(tmp_path / "emb" / "test", "images")
+    _, texts = read_embeddings(tmp_path / "emb" / "test", "texts")
+    with torch.no_grad():
+        scores = stubbed.similarity(images, texts)
+    want = M.image_text_retrieval(scores.total)
+    for d in ("i2t", "t2i"):
+        for k in ("R@1", "R@5", "R@10", "medR", "meanR", "MRR"):
+            assert retrieval["full"][d][k] == pytest.approx(want[d][k], abs=1e-6)
+    assert retrieval["full"]["n_candidates"] == 10
+    block = M.blockwise_retrieval(scores.total, 4)
+    assert retrieval["block4"]["r_sum"] == pytest.approx(block["r_sum"])
+    assert retrieval["block4"]["n_blocks"] == 2 and retrieval["block4"]["n_studies_dropped"] == 2
+    assert retrieval["rerank"]["top_k"] == 3 and "full" in retrieval["rerank"]
+    assert set(retrieval["by_score"]) == {"global", "local"}
+
+    cr = json.loads((metrics / "class_retrieval.json").read_text())
+    assert set(cr["t2i"]) == {"P@5", "P@10"} and set(cr["i2t"]) == {"P@5", "P@10"}  # 10 items: no P@50
+    assert set(cr["t2i"]["P@5"]) == {"mean", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"}
+    assert cr["source"] == "MIMIC-CXR 5x200"
+    # text-to-image by hand: each class's prompts scored against every image, averaged
+    _, cr_images = read_embeddings(tmp_path / "emb" / "class_retrieval", "images")
+    prompts = json.loads((tmp_path / "emb" / "prompts" / "prompts.json").read_text())
+    _, prompt_texts = read_embeddings(tmp_path / "emb" / "prompts", "texts")
+    with torch.no_grad():
+        s = stubbed.similarity(cr_images, prompt_texts).total
+    item_class = [["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"][i % 5] for i in range(10)]
+    for cls in CLASS_PROMPTS:
+        cols = [prompts.index(p) for p in CLASS_PROMPTS[cls]]
+        col = s[:, cols].mean(1).tolist()
+        order = sorted(range(10), key=lambda j: (-col[j], item_class[j] == cls, j))
+        assert cr["t2i"]["P@5"][cls] == pytest.approx(100.0 * sum(item_class[j] == cls for j in order[:5]) / 5)
+
+    zs = json.loads((metrics / "zero_shot.json").read_text())
+    assert zs["counts"]["Pleural Effusion"] == {"n_positive": 5, "n_negative": 5, "n_uncertain": 0}
+    assert zs["counts"]["Cardiomegaly"]["n_uncertain"] == 3
+    assert 0.0 <= zs["auroc"]["Pleural Effusion"] <= 1.0 and zs["auroc"]["mean"] is not None
+    assert "Atelectasis" in zs["skipped_classes"]  # no positive study in the tiny split
+
+    gr = json.loads((metrics / "grounding.json").read_text())
+    for name in ("cnr", "miou", "miou_best", "pointing_game"):
+        assert set(gr[name]) == {"mean", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax"}
+        assert name in gr["cosine"]
+    assert gr["n_phrases"]["total"] == 5 and gr["n_phrases"]["Pleural Effusion"] == 2
+
+    plots = metrics / "plots"
+    lines = (plots / "recall_at_k.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["k", "i2t", "t2i", "i2t_block4", "t2i_block4"]
+    assert len(lines) == 1 + 10  # K = 1..n; within blocks of 4, R@K is 100 from K = 4 on
+    assert lines[4].split("\t")[3:] == ["100.0000", "100.0000"]
+    assert (plots / "precision_at_k.tsv").read_text().splitlines()[0].split("\t") == ["k", "t2i", "i2t"]
+    pngs = sorted(p.name for p in (plots / "grounding").iterdir())
+    assert pngs == ["cardiomegaly.png", "edema.png", "pleural_effusion.png", "pneumothorax.png"]
+    for p in (plots / "grounding").iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_absent_tables_write_skipped_metrics(tmp_path: Path, stubbed: StubModel) -> None:
+    write_tables(tmp_path, grounding=False, class_retrieval=False)
+    params = write_params(tmp_path)
+    invoke("embed", "--params", str(params))
+    result = invoke("evaluate", "--params", str(params))
+    assert "skipped" in result.output
+    metrics = tmp_path / "metrics"
+    for name in ("grounding", "class_retrieval"):
+        data = json.loads((metrics / f"{name}.json").read_text())
+        assert list(data) == ["skipped"] and name in data["skipped"]
+    assert "full" in json.loads((metrics / "retrieval.json").read_text())
+    assert "auroc" in json.loads((metrics / "zero_shot.json").read_text())
+    assert [p.name for p in (metrics / "plots" / "grounding").iterdir()] == ["skipped.png"]
+    assert (metrics / "plots" / "precision_at_k.tsv").read_text().strip() == "k\tt2i\ti2t"  # header only
+
+
+def test_missing_embeddings_is_one_line_error(tmp_path: Path, stubbed: StubModel) -> None:
+    params = write_params(tmp_path)
+    result = runner.invoke(app, ["evaluate", "--params", str(params)])
+    assert result.exit_code == 1
+    assert "embed stage" in result.output and "Traceback" not in result.output
+
+
+def test_stages_with_the_real_model(tmp_path: Path) -> None:
+    """The real LIMITR from a saved checkpoint, end to end on the tiny tables."""
+    from limitr.model import LIMITR, ModelConfig
+
+    torch.manual_seed(0)
+    LIMITR(ModelConfig(embed_dim=16, text_freeze_layers=-1, score_chunk=4)).save_pretrained(tmp_path / "model" / "best")
+    write_run_config(tmp_path / "model", crop=32)
+    write_tables(tmp_path, n_test=6, n_ground=3, n_class=5)
+    params = write_params(tmp_path)
+    invoke("embed", "--params", str(params))
+    invoke("evaluate", "--params", str(params))
+    retrieval = json.loads((tmp_path / "metrics" / "retrieval.json").read_text())
+    assert retrieval["full"]["n_candidates"] == 6
+    gr = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
+    assert np.isfinite(gr["pointing_game"]["mean"])
+    assert gr["map"] == "word_to_region_attention"
