@@ -8,11 +8,7 @@ from stages.cli import app
 STAGE_MODULES = ("synthesize", "sheet", "preprocess", "tokenize", "train", "embed", "evaluate")
 
 for _name in STAGE_MODULES:
-    try:
-        importlib.import_module(f"stages.{_name}")
-    except ModuleNotFoundError as exc:  # a stage still being written does not break the others
-        if exc.name != f"stages.{_name}":
-            raise
+    importlib.import_module(f"stages.{_name}")
 
 
 def main() -> None:
