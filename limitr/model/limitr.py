@@ -193,7 +193,7 @@ class LIMITR(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "LIMITR":
-        """Load a folder written by :meth:`save_pretrained` (safetensors, no pickle)."""
+        """Load a folder written by :meth:`save_pretrained` (safetensors only)."""
         from safetensors.torch import load_model
 
         path = Path(path)
