@@ -1,8 +1,9 @@
 """`limitr evaluate`: retrieval, class retrieval, zero-shot and grounding from saved embeddings.
 
 Reads the ``evaluate`` and ``base`` sections. Writes into ``--metrics`` (default metrics/):
-retrieval.json, class_retrieval.json, zero_shot.json, grounding.json (a task without its
-table writes ``{"skipped": reason}``), and into ``--plots`` (default metrics/plots/):
+retrieval.json, class_retrieval.json, zero_shot.json, grounding.json and probes.json (the
+synthetic data's side, zone and effusion-size probes; a task without its table or ground
+truth writes ``{"skipped": reason}``), and into ``--plots`` (default metrics/plots/):
 recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png overlays.
 """
 
@@ -34,6 +35,7 @@ METRIC_FILES = {
     "class_retrieval": "class_retrieval.json",
     "zero_shot": "zero_shot.json",
     "grounding": "grounding.json",
+    "probes": "probes.json",
 }
 
 
@@ -77,7 +79,15 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
     for prefix, entry in (("attention", gr), ("cosine", gr.get("cosine", {}))):
         if "cnr" in entry:
             rows.append((f"grounding {prefix} CNR / mIoU / pointing",
-                         " / ".join(_fmt(entry[m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))))
+                         " / ".join(_fmt(entry[m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))
+                         + f"  (pointing chance {_fmt(entry.get('pointing_game_chance', {}).get('mean'), 3)})"))
+    pr = results.get("probes", {})
+    if "side" in pr:
+        rows.append(("probe side / zone accuracy", " / ".join(_fmt(pr[k]["accuracy"]["mean"], 3) for k in ("side", "zone"))
+                     + "  (chance 0.5)"))
+        auroc = pr["effusion"]["auroc"]
+        rows.append(("probe effusion AUROC small / larger",
+                     " / ".join(_fmt(auroc[k], 3) for k in ("small", "moderate_or_large"))))
     for name, result in results.items():
         if "skipped" in result:
             rows.append((name, f"skipped: {result['skipped']}"))
@@ -90,6 +100,7 @@ def evaluate_stage(
     embeddings: Optional[Path] = typer.Option(None, help="embed stage output (evaluate.embeddings)"),
     model: Optional[Path] = typer.Option(None, help="train stage output, for its scoring function (evaluate.model)"),
     shards: Optional[Path] = typer.Option(None, help="preprocess output: labels, boxes, images (evaluate.shards)"),
+    ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="the synthetic data's ground_truth.jsonl, for the side, zone and effusion probes (evaluate.ground_truth; null skips them)"),
     metrics: Optional[Path] = typer.Option(None, help="folder for the metrics JSON files (evaluate.metrics)"),
     plots: Optional[Path] = typer.Option(None, help="folder for the plot files (evaluate.plots)"),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="candidates per block of the block protocol (evaluate.block_size)"),
@@ -109,6 +120,7 @@ def evaluate_stage(
         shards_dir = optional_path(override(shards, cfg, "shards", "data/shards"))
         metrics_dir = optional_path(override(metrics, cfg, "metrics", "metrics"))
         plots_dir = optional_path(override(plots, cfg, "plots", "metrics/plots"))
+        truth_file = optional_path(override(ground_truth, cfg, "ground_truth"))
         dev = resolve_device(override(device, base(params), "device", "auto"))
         block = int(override(block_size, cfg, "block_size", 1000))
         top_k = override(rerank_top_k, cfg, "rerank_top_k")
@@ -125,7 +137,7 @@ def evaluate_stage(
             device=dev,
         )
         results: dict = {}
-        for task in plan_tasks(emb_dir, shards_dir, settings):
+        for task in plan_tasks(emb_dir, shards_dir, settings, truth_file):
             if task.skipped is not None or task.run is None:
                 results[task.name] = {"skipped": task.skipped}
                 continue

@@ -217,11 +217,28 @@ def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, pro
             "skipped_classes": skipped}
 
 
+# --- ground-truth probes of the synthetic data -----------------------------------------------
+
+
+def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, progress: ProgressFn = None) -> dict:
+    """Side, zone and effusion-size probes (:mod:`limitr.eval.probes`) on the test split."""
+    from limitr.eval.probes import probe_metrics, read_ground_truth
+
+    truth = read_ground_truth(ground_truth)
+    img_keys, images = read_embeddings(Path(embeddings) / "test", "images")
+    prompts, prompt_texts = _prompt_embeddings(embeddings)
+    s = score_matrix(model, images, prompt_texts, settings.score_block, settings.chunk, settings.device,
+                     keep=(), progress=progress).total
+    return {"source": str(ground_truth), **probe_metrics(s, prompts, img_keys.tolist(), truth)}
+
+
 # --- planning -------------------------------------------------------------------------------
 
 
-def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings) -> list[EvalTask]:
-    """The four tasks, in order, each runnable or skipped with its reason."""
+def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
+               ground_truth: Optional[Path] = None) -> list[EvalTask]:
+    """The five tasks, in order, each runnable or skipped with its reason (the probes need
+    the synthetic data's ``ground_truth``)."""
     from limitr.eval.grounding_task import grounding, grounding_total
 
     embeddings, shards = Path(embeddings), Path(shards)
@@ -254,5 +271,13 @@ def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings) -> list[E
         reason = f"no grounding table in {shards}"
     tasks.append(EvalTask("grounding", 0 if reason else grounding_total(embeddings),
                           None if reason else (lambda m, p: grounding(m, embeddings, shards, manifest, settings, p)),
+                          reason))
+    reason = absent("prompts")
+    if reason is None and ground_truth is None:
+        reason = "no ground truth given (evaluate.ground_truth; only the synthetic data has one)"
+    elif reason is None and not Path(ground_truth).is_file():
+        reason = f"ground truth file {ground_truth} does not exist"
+    tasks.append(EvalTask("probes", n_test * n_prompts,
+                          None if reason else (lambda m, p: probes(m, embeddings, Path(ground_truth), settings, p)),
                           reason))
     return tasks

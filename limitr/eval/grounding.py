@@ -163,6 +163,7 @@ class PhraseScores:
     cnr: float
     iou: np.ndarray  # (T,) IoU at each threshold
     pointing: float
+    box_share: float = float("nan")  # share of the valid pixels inside a box: the pointing game's chance
 
 
 def score_phrase(
@@ -170,7 +171,10 @@ def score_phrase(
 ) -> PhraseScores:
     """CNR, IoU per threshold and the pointing game of one map (original pixels) and its boxes."""
     inside = box_mask(boxes, *sim_map.shape)
-    return PhraseScores(cnr(sim_map, inside), iou_at_thresholds(sim_map, inside, thresholds), pointing_game(sim_map, inside))
+    valid = ~np.isnan(sim_map)
+    share = float(inside[valid].mean()) if valid.any() else float("nan")
+    return PhraseScores(cnr(sim_map, inside), iou_at_thresholds(sim_map, inside, thresholds),
+                        pointing_game(sim_map, inside), share)
 
 
 def _nanmean(values: Sequence[float]) -> Optional[float]:
@@ -187,12 +191,15 @@ def aggregate(
 ) -> dict:
     """Per-category and mean figures over phrases.
 
-    Returns ``{"cnr", "miou", "miou_best", "pointing_game"}``, each ``{"mean", <category>...}``
+    Returns ``{"cnr", "miou", "miou_best", "pointing_game", "pointing_game_chance"}``, each
+    ``{"mean", <category>...}``
     (``mean`` is the unweighted mean of the categories present, as MS-CXR results are
     reported), plus ``best_threshold``, ``thresholds``, ``n_phrases`` per category and
     ``n_undefined`` (phrases whose CNR or IoU was undefined, left out of the means).
     ``miou``: a phrase's IoU averaged over the thresholds; ``miou_best``: IoU at the one
-    threshold that maximises the mean IoU over all phrases.
+    threshold that maximises the mean IoU over all phrases. ``pointing_game_chance``: the
+    pointing game of a map whose peak falls on a uniformly random valid pixel (the boxes'
+    share of the image).
     """
     cats = np.asarray(list(categories))
     ious = np.stack([s.iou for s in scores]) if scores else np.zeros((0, len(thresholds)))
@@ -200,7 +207,8 @@ def aggregate(
         column_means = np.array([_nanmean(ious[:, i]) or 0.0 for i in range(len(thresholds))])
     best = int(np.argmax(column_means)) if len(thresholds) else 0
     present = [c for c in category_order if (cats == c).any()]
-    out: dict = {name: {} for name in ("cnr", "miou", "miou_best", "pointing_game")}
+    names = ("cnr", "miou", "miou_best", "pointing_game", "pointing_game_chance")
+    out: dict = {name: {} for name in names}
     counts: dict[str, int] = {}
     for c in present:
         sel = np.flatnonzero(cats == c)
@@ -209,7 +217,8 @@ def aggregate(
         out["miou"][c] = _nanmean([np.nanmean(scores[i].iou) if np.isfinite(scores[i].iou).any() else np.nan for i in sel])
         out["miou_best"][c] = _nanmean([scores[i].iou[best] for i in sel])
         out["pointing_game"][c] = _nanmean([scores[i].pointing for i in sel])
-    for name in ("cnr", "miou", "miou_best", "pointing_game"):
+        out["pointing_game_chance"][c] = _nanmean([scores[i].box_share for i in sel])
+    for name in names:
         out[name] = {"mean": _nanmean([v for v in out[name].values() if v is not None]), **out[name]}
     out["best_threshold"] = float(thresholds[best]) if len(thresholds) else None
     out["thresholds"] = [float(t) for t in thresholds]

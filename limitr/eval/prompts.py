@@ -95,14 +95,61 @@ ZERO_SHOT_PROMPTS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: Ground-truth probes of the synthetic data (:mod:`limitr.eval.probes`): where a finding is.
+#: One wording per (finding type, side, zone); the side and zone words are the only
+#: difference between the prompts a probe compares.
+_ZONE_WORDS = {"upper": "upper", "middle": "mid", "lower": "lower", "basal": "lower"}
+
+
+def probe_prompt(kind: str, side: str, zone: str | None = None) -> str:
+    """The probe query for a finding of type ``kind`` on ``side`` (left | right) in ``zone``."""
+    if kind == "pleural_effusion":
+        return f"{side} pleural effusion"
+    if kind == "pneumothorax":
+        return f"{side} pneumothorax"
+    if kind == "atelectasis":
+        return f"{side} basilar atelectasis"
+    if kind == "consolidation":
+        return f"consolidation in the {side} {_ZONE_WORDS[zone or 'lower']} lung"
+    if kind in ("nodule", "mass"):
+        return f"{side} {_ZONE_WORDS[zone or 'middle']} lung {kind}"
+    raise ValueError(f"no probe wording for finding type {kind!r}")
+
+
+#: The finding types of the side probe, and those of the zone probe (upper against lower).
+SIDE_PROBE_TYPES: tuple[str, ...] = ("pleural_effusion", "pneumothorax", "atelectasis", "consolidation", "nodule", "mass")
+ZONE_PROBE_TYPES: tuple[str, ...] = ("consolidation", "nodule", "mass")
+
+#: Effusion detection by size: a small effusion barely shows on the frontal view and blunts
+#: the lateral's posterior costophrenic angle (as the synthetic renderer draws it), so this
+#: probe is where the lateral view should matter.
+EFFUSION_PROMPTS: tuple[tuple[str, ...], tuple[str, ...]] = (
+    ("small pleural effusion", "small left pleural effusion", "small right pleural effusion"),
+    ("no pleural effusion", "no pleural effusion or pneumothorax"),
+)
+
+
+def probe_prompts() -> list[str]:
+    """Every probe query, in a fixed order."""
+    seen: dict[str, None] = {}
+    for kind in SIDE_PROBE_TYPES:
+        for side in ("left", "right"):
+            for zone in ("upper", "middle", "lower"):
+                seen[probe_prompt(kind, side, zone)] = None
+    for texts in EFFUSION_PROMPTS:
+        seen.update(dict.fromkeys(texts))
+    return list(seen)
+
+
 def all_prompts() -> list[str]:
-    """Every distinct prompt text, in a fixed order (class prompts, then zero-shot)."""
+    """Every distinct prompt text, in a fixed order (class prompts, zero-shot, then probes)."""
     seen: dict[str, None] = {}
     for texts in CLASS_PROMPTS.values():
         seen.update(dict.fromkeys(texts))
     for positive, negative in ZERO_SHOT_PROMPTS.values():
         seen.update(dict.fromkeys(positive))
         seen.update(dict.fromkeys(negative))
+    seen.update(dict.fromkeys(probe_prompts()))
     return list(seen)
 
 

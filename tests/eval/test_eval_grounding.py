@@ -93,6 +93,7 @@ def test_indicator_map_scores_iou_one_and_pointing_one() -> None:
     out = G.score_phrase(sim, [[3, 2, 5, 3]])
     np.testing.assert_allclose(out.iou, 1.0)
     assert out.pointing == 1.0
+    assert out.box_share == pytest.approx(15 / 120)  # a random point's chance of landing in the box
     assert math.isnan(out.cnr)  # no variance on either side: undefined, not infinite
 
 
@@ -119,6 +120,15 @@ def test_iou_ignores_invalid_pixels_and_normalises() -> None:
     np.testing.assert_allclose(G.iou_at_thresholds(sim, inside, (0.4, 0.9)), [0.5, 1.0])
 
 
+def test_box_share_ignores_invalid_pixels() -> None:
+    sim = np.array([[np.nan, 1.0, 0.0, 0.0]])
+    out = G.score_phrase(sim, [[0, 0, 2, 1]])  # box over the first two pixels, one of them invalid
+    assert out.box_share == pytest.approx(1 / 3)
+    scores = [G.PhraseScores(0.0, np.array([0.0]), 0.0, 0.2), G.PhraseScores(0.0, np.array([0.0]), 1.0, 0.4)]
+    agg = G.aggregate(scores, ["A", "B"], ["A", "B"], thresholds=(0.5,))
+    assert agg["pointing_game_chance"] == {"mean": pytest.approx(0.3), "A": 0.2, "B": 0.4}
+
+
 def test_pointing_game_ties_are_pessimistic_and_nan_ignored() -> None:
     inside = np.array([[True, False, False]])
     assert G.pointing_game(np.array([[2.0, 1.0, np.nan]]), inside) == 1.0
@@ -139,6 +149,7 @@ def test_aggregate_per_category_and_mean() -> None:
     assert out["cnr"] == {"mean": pytest.approx(0.5), "B": -1.0, "A": 2.0}
     assert out["miou"]["A"] == pytest.approx(0.75) and out["miou"]["B"] == pytest.approx(0.1)
     assert out["pointing_game"] == {"mean": 0.5, "B": 0.5, "A": 0.5}
+    assert out["pointing_game_chance"]["mean"] is None  # shares not given: NaN, left out
     assert out["n_phrases"] == {"total": 4, "B": 2, "A": 2}
     assert out["n_undefined"] == 1
     assert out["best_threshold"] == 0.5

@@ -56,7 +56,12 @@ def invoke(*args: str):
 
 def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubModel) -> None:
     write_tables(tmp_path)
-    params = write_params(tmp_path, rerank_top_k=3)
+    truth = tmp_path / "ground_truth.jsonl"
+    findings = [[{"type": "pleural_effusion", "side": "left", "zone": "basal", "size": "small", "certainty": "definite"}],
+                [{"type": "nodule", "side": "right", "zone": "upper", "size": None, "certainty": "definite"}], []]
+    truth.write_text("".join(json.dumps({"study_id": 50000000 + i, "images": [{"view": "PA"}, {"view": "LATERAL"}],
+                                         "findings": findings[i % 3]}) + "\n" for i in range(10)))
+    params = write_params(tmp_path, rerank_top_k=3, ground_truth=str(truth))
     invoke("embed", "--params", str(params))
     report = json.loads((tmp_path / "emb" / "report.json").read_text())
     assert set(report["tables"]) == {"test", "grounding", "class_retrieval", "prompts"}
@@ -104,6 +109,13 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
     assert 0.0 <= zs["auroc"]["Pleural Effusion"] <= 1.0 and zs["auroc"]["mean"] is not None
     assert "Atelectasis" in zs["skipped_classes"]  # no positive study in the tiny split
 
+    probes = json.loads((metrics / "probes.json").read_text())
+    assert probes["side"]["n"] == {"total": 7, "pleural_effusion": 4, "nodule": 3}
+    assert probes["zone"]["n"] == {"total": 3, "nodule": 3}
+    assert probes["effusion"]["n"]["small"] == {"positive": 4, "negative": 6}
+    assert 0.0 <= probes["side"]["accuracy"]["mean"] <= 1.0
+    assert "probe side / zone accuracy" in result.output
+
     gr = json.loads((metrics / "grounding.json").read_text())
     for name in ("cnr", "miou", "miou_best", "pointing_game"):
         assert set(gr[name]) == {"mean", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax"}
@@ -134,6 +146,7 @@ def test_absent_tables_write_skipped_metrics(tmp_path: Path, stubbed: StubModel)
         assert list(data) == ["skipped"] and name in data["skipped"]
     assert "full" in json.loads((metrics / "retrieval.json").read_text())
     assert "auroc" in json.loads((metrics / "zero_shot.json").read_text())
+    assert "ground truth" in json.loads((metrics / "probes.json").read_text())["skipped"]
     assert [p.name for p in (metrics / "plots" / "grounding").iterdir()] == ["skipped.png"]
     assert (metrics / "plots" / "precision_at_k.tsv").read_text().strip() == "k\tt2i\ti2t"  # header only
 
