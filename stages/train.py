@@ -27,6 +27,19 @@ from stages.common import (
 )
 
 
+def training_seed(train_sec: dict, base_sec: dict) -> int:
+    """``train.seed`` where set, else ``base.seed`` (which also seeds the synthetic data), else 0.
+    A training seed of its own lets a seed study keep the same data."""
+    from limitr.errors import LimitrError
+
+    value = train_sec.get("seed")
+    if value is None:
+        value = base_sec.get("seed", 0) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LimitrError(f"train.seed / base.seed must be a non-negative integer, got {value!r}")
+    return value
+
+
 @app.command("train")
 def train_stage(
     params: Path = PARAMS_OPTION,
@@ -60,7 +73,7 @@ def train_stage(
         shards_dir = optional_path(override(shards, train_sec, "shards", "data/shards"))
         tokens_dir = optional_path(override(tokens, train_sec, "tokens", "data/tokens"))
         out_dir = optional_path(override(out, train_sec, "out", "data/model"))
-        seed = int(base_sec.get("seed", 0) or 0)
+        seed = training_seed(train_sec, base_sec)
 
         ctx, dev = init_distributed(resolve_device(override(device, base_sec, "device", "auto")))
         bar = progress_bar(None, "train", unit="step") if ctx.is_main else None

@@ -7,8 +7,9 @@ from typing import Any, Mapping, Optional, Union
 
 from limitr.errors import LimitrError
 
-#: Keys of params.yaml's ``train`` section that name folders, not knobs of the loop.
-PATH_KEYS: tuple[str, ...] = ("shards", "tokens", "out")
+#: Keys of params.yaml's ``train`` section that the stage reads, not the loop: the folders,
+#: and ``seed`` (the training seed, null = ``base.seed``; it reaches the loop as an argument).
+STAGE_KEYS: tuple[str, ...] = ("shards", "tokens", "out", "seed")
 #: Knobs that may change when a run is resumed (they do not alter the steps already taken).
 RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers")
 
@@ -41,8 +42,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "TrainConfig":
-        """From a params-style mapping; folder keys are ignored, unknown keys raise."""
-        d = {k: v for k, v in dict(d or {}).items() if k not in PATH_KEYS}
+        """From a params-style mapping; the stage's keys are ignored, unknown keys raise."""
+        d = {k: v for k, v in dict(d or {}).items() if k not in STAGE_KEYS}
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
