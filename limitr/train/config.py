@@ -18,7 +18,9 @@ RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers")
 class TrainConfig:
     """The ``train`` section of params.yaml (folders aside). Learning rates per step, no unit.
 
-    image_lr: learning rate of the image encoders (None = ``lr``); grad_clip: max global L2
+    image_lr: learning rate of the image encoders (None = ``lr``); head_lr: learning rate of
+    the randomly initialised text projection, SAF and score heads (None = ``lr``, as in the
+    paper); grad_clip: max global L2
     norm (None or 0 = off); patience: epochs without a better validation r_sum before
     stopping (None = never); mixed_precision: "auto" (on CUDA), true or false;
     max_steps_per_epoch: cap for quick runs (None = every full global batch).
@@ -30,6 +32,7 @@ class TrainConfig:
     upsample_to: Optional[int] = None
     lr: float = 5.0e-5
     image_lr: Optional[float] = 1.0e-4
+    head_lr: Optional[float] = None
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1.0e-6
     grad_clip: Optional[float] = 0.25
@@ -79,8 +82,8 @@ class TrainConfig:
                 "train.epochs must be >= 1, train.batch_size >= 2 (the losses contrast pairs "
                 f"within a batch) and train.crop_size >= 16; got {self.epochs}, {self.batch_size}, {self.crop_size}"
             )
-        if self.lr <= 0 or (self.image_lr is not None and self.image_lr <= 0):
-            raise LimitrError("train.lr and train.image_lr must be positive")
+        if self.lr <= 0 or any(v is not None and v <= 0 for v in (self.image_lr, self.head_lr)):
+            raise LimitrError("train.lr, train.image_lr and train.head_lr must be positive")
         if self.mixed_precision not in ("auto", True, False, "true", "false"):
             raise LimitrError(f"train.mixed_precision must be auto, true or false, got {self.mixed_precision!r}")
         if not 0 < self.plateau_factor < 1:

@@ -29,9 +29,10 @@ STEP_COLUMNS: tuple[str, ...] = (
     "grad_norm",
     "lr",
     "image_lr",
+    "head_lr",
     "studies_per_s",
 )
-EPOCH_COLUMNS: tuple[str, ...] = ("epoch", "step", "train_loss", *RECALL_KEYS, "r_sum", "lr", "image_lr")
+EPOCH_COLUMNS: tuple[str, ...] = ("epoch", "step", "train_loss", *RECALL_KEYS, "r_sum", "lr", "image_lr", "head_lr")
 
 
 def _cell(value: object) -> str:

@@ -80,18 +80,30 @@ def resolve_autocast_dtype(setting: Union[str, bool, None], device: torch.device
     return None
 
 
-def parameter_groups(model: torch.nn.Module, lr: float, image_lr: Optional[float]) -> list[dict]:
-    """Trainable parameters in two groups: the image encoders at ``image_lr``, the rest
-    (text encoder, projections, SAF, heads) at ``lr``. Frozen parameters are left out."""
+def parameter_groups(model: torch.nn.Module, lr: float, image_lr: Optional[float],
+                     head_lr: Optional[float] = None) -> list[dict]:
+    """Trainable parameters by learning rate; frozen parameters are left out.
+
+    ``image``: the image encoders at ``image_lr`` (None = ``lr``). With ``head_lr`` None, the
+    rest (text encoder, projections, SAF, heads) is one group ``text_and_alignment`` at ``lr``,
+    as in the paper. With ``head_lr`` set, the pretrained text model stays at ``lr``
+    (group ``text``) and the modules that start from random weights on the text and
+    alignment side (the text projection, SAF and the two score heads) get ``head_lr``
+    (group ``alignment``).
+    """
     from limitr.model.image_encoder import ImageEncoder
 
     image_ids = {id(p) for m in model.modules() if isinstance(m, ImageEncoder) for p in m.parameters()}
     image = [p for p in model.parameters() if p.requires_grad and id(p) in image_ids]
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in image_ids]
-    groups = [
-        {"params": image, "lr": lr if image_lr is None else image_lr, "name": "image"},
-        {"params": other, "lr": lr, "name": "text_and_alignment"},
-    ]
+    groups = [{"params": image, "lr": lr if image_lr is None else image_lr, "name": "image"}]
+    if head_lr is None:
+        groups.append({"params": other, "lr": lr, "name": "text_and_alignment"})
+    else:
+        text_model = getattr(getattr(model, "text_encoder", None), "bert", None)
+        text_ids = {id(p) for p in text_model.parameters()} if text_model is not None else set()
+        groups.append({"params": [p for p in other if id(p) in text_ids], "lr": lr, "name": "text"})
+        groups.append({"params": [p for p in other if id(p) not in text_ids], "lr": head_lr, "name": "alignment"})
     return [g for g in groups if g["params"]]
 
 
@@ -102,11 +114,22 @@ def _fingerprint(model_cfg: dict, train_cfg: dict, seed: int, world: int, train_
     return {"model": model_cfg, "train": fixed, "seed": int(seed), "world_size": int(world), "train_studies": digest}
 
 
-def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> Optional[float]:
-    for g in optimizer.param_groups:
-        if g.get("name") == name:
-            return float(g["lr"])
+def _group_lr(optimizer: torch.optim.Optimizer, *names: str) -> Optional[float]:
+    """The learning rate of the first group named one of ``names`` (None if none is)."""
+    for name in names:
+        for g in optimizer.param_groups:
+            if g.get("name") == name:
+                return float(g["lr"])
     return None
+
+
+def _rates(optimizer: torch.optim.Optimizer) -> dict:
+    """The curves' learning-rate columns: text side, image encoders, new alignment modules."""
+    return {
+        "lr": _group_lr(optimizer, "text_and_alignment", "text"),
+        "image_lr": _group_lr(optimizer, "image"),
+        "head_lr": _group_lr(optimizer, "alignment", "text_and_alignment"),
+    }
 
 
 def train(
@@ -167,7 +190,7 @@ def train(
     model = LIMITR(model_cfg).to(device)
     step_module = wrap_for_training(model, dist, device)
     optimizer = torch.optim.Adam(
-        parameter_groups(model, train_cfg.lr, train_cfg.image_lr),
+        parameter_groups(model, train_cfg.lr, train_cfg.image_lr, train_cfg.head_lr),
         betas=train_cfg.betas,
         weight_decay=train_cfg.weight_decay,
     )
@@ -246,8 +269,7 @@ def train(
                 "loss_local_internal": float(losses.local_internal.detach()),
                 "loss_global": float(losses.global_.detach()),
                 "grad_norm": grad_norm,
-                "lr": _group_lr(optimizer, "text_and_alignment"),
-                "image_lr": _group_lr(optimizer, "image"),
+                **_rates(optimizer),
                 "studies_per_s": train_cfg.batch_size / max(now - tick, 1e-9),
             }
             tick = now
@@ -267,7 +289,7 @@ def train(
         keys = (*RECALL_KEYS, "r_sum")
         figures = dict(zip(keys, broadcast_floats([figures.get(k, 0.0) for k in keys], dist, device)))
         r_sum = figures["r_sum"]
-        epoch_lrs = (_group_lr(optimizer, "text_and_alignment"), _group_lr(optimizer, "image"))
+        epoch_lrs = _rates(optimizer)  # the rates this epoch trained with, before the plateau step
         scheduler.step(r_sum)
         improved = r_sum > best["r_sum"]
         if improved:
@@ -281,8 +303,7 @@ def train(
             "step": step,
             "train_loss": losses_sum / max(n_steps, 1),
             **figures,
-            "lr": epoch_lrs[0],  # the rates this epoch trained with, before the plateau step
-            "image_lr": epoch_lrs[1],
+            **epoch_lrs,
         }
         epoch_history.append(epoch_row)
         seconds = seconds_before + time.perf_counter() - started

@@ -80,6 +80,24 @@ def test_parameter_groups_split_image_encoders(tiny_bert) -> None:
     assert parameter_groups(model, 1e-4, None)[0]["lr"] == 1e-4
 
 
+def test_head_lr_gives_the_new_modules_their_own_group(tiny_bert) -> None:
+    from limitr.model import LIMITR
+
+    model = LIMITR(ModelConfig.from_dict(tiny_model_dict(tiny_bert, text_freeze_layers=2)))
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-4, 3e-4, head_lr=2e-3)}
+    assert set(groups) == {"image", "text", "alignment"}
+    assert (groups["image"]["lr"], groups["text"]["lr"], groups["alignment"]["lr"]) == (3e-4, 1e-4, 2e-3)
+    bert = {id(p) for p in model.text_encoder.bert.parameters()}
+    new = {id(p) for p in model.alignment.parameters()} | {id(p) for p in model.text_encoder.proj.parameters()}
+    assert {id(p) for p in groups["text"]["params"]} <= bert and groups["text"]["params"]
+    assert {id(p) for p in groups["alignment"]["params"]} == new
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) and set(grouped) == trainable
+    with pytest.raises(LimitrError, match="head_lr"):
+        TrainConfig.from_dict({"head_lr": 0})
+
+
 def test_derived_seeds_differ_and_repeat() -> None:
     seeds = {derive_seed(0, e, r) for e in range(5) for r in range(3)}
     assert len(seeds) == 15 and derive_seed(0, 1, 0) == derive_seed(0, 1, 0)
