@@ -226,6 +226,10 @@ def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, 
 
     truth = read_ground_truth(ground_truth)
     img_keys, images = read_embeddings(Path(embeddings) / "test", "images")
+    known = sum(1 for k in img_keys.tolist() if int(k) in truth)
+    if known * 2 < len(img_keys):
+        return {"skipped": f"{ground_truth} describes {known} of the {len(img_keys)} test studies: it is not "
+                           "this data set's ground truth (set evaluate.ground_truth to null for real data)"}
     prompts, prompt_texts = _prompt_embeddings(embeddings)
     s = score_matrix(model, images, prompt_texts, settings.score_block, settings.chunk, settings.device,
                      keep=(), progress=progress).total
@@ -276,7 +280,8 @@ def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
     if reason is None and ground_truth is None:
         reason = "no ground truth given (evaluate.ground_truth; only the synthetic data has one)"
     elif reason is None and not Path(ground_truth).is_file():
-        reason = f"ground truth file {ground_truth} does not exist"
+        raise LimitrError(f"ground truth file {ground_truth} does not exist: fix evaluate.ground_truth "
+                          "(null skips the probes; only the synthetic data has one)")
     tasks.append(EvalTask("probes", n_test * n_prompts,
                           None if reason else (lambda m, p: probes(m, embeddings, Path(ground_truth), settings, p)),
                           reason))

@@ -151,6 +151,20 @@ def test_absent_tables_write_skipped_metrics(tmp_path: Path, stubbed: StubModel)
     assert (metrics / "plots" / "precision_at_k.tsv").read_text().strip() == "k\tt2i\ti2t"  # header only
 
 
+def test_ground_truth_of_another_data_set_is_skipped_and_a_missing_one_is_an_error(tmp_path: Path, stubbed: StubModel) -> None:
+    write_tables(tmp_path)
+    truth = tmp_path / "ground_truth.jsonl"
+    truth.write_text(json.dumps({"study_id": 1, "images": [], "findings": []}) + "\n")  # no test study
+    params = write_params(tmp_path, ground_truth=str(truth))
+    invoke("embed", "--params", str(params))
+    invoke("evaluate", "--params", str(params))
+    skipped = json.loads((tmp_path / "metrics" / "probes.json").read_text())["skipped"]
+    assert "0 of the 10 test studies" in skipped and "null" in skipped
+    result = runner.invoke(app, ["evaluate", "--params", str(params), "--ground-truth", str(tmp_path / "absent.jsonl")])
+    assert result.exit_code == 1 and "absent.jsonl does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_missing_embeddings_is_one_line_error(tmp_path: Path, stubbed: StubModel) -> None:
     params = write_params(tmp_path)
     result = runner.invoke(app, ["evaluate", "--params", str(params)])
