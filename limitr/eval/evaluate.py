@@ -189,16 +189,33 @@ def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSetting
 # --- zero-shot classification -------------------------------------------------------------
 
 
-def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, progress: ProgressFn = None) -> dict:
-    """AUROC per CheXpert observation on the test split from positive and negative prompts."""
+def test_prompt_scores(model, embeddings: Path, settings: EvalSettings, progress: ProgressFn = None,
+                       cache: Optional[dict] = None) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(test study keys, prompt texts, (n_studies, n_prompts) total scores), scored once:
+    zero-shot classification and the probes share it through ``cache``."""
+    if cache is not None and "test_prompts" in cache:
+        keys, prompts, s = cache["test_prompts"]
+        if progress is not None:
+            progress(int(s.numel()))
+        return keys, prompts, s
     img_keys, images = read_embeddings(Path(embeddings) / "test", "images")
+    prompts, prompt_texts = _prompt_embeddings(embeddings)
+    s = score_matrix(model, images, prompt_texts, settings.score_block, settings.chunk, settings.device,
+                     keep=(), progress=progress).total
+    if cache is not None:
+        cache["test_prompts"] = (img_keys, prompts, s)
+    return img_keys, prompts, s
+
+
+
+def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, progress: ProgressFn = None,
+              cache: Optional[dict] = None) -> dict:
+    """AUROC per CheXpert observation on the test split from positive and negative prompts."""
+    img_keys, prompts, s = test_prompt_scores(model, embeddings, settings, progress, cache)
     names = [c for c in CHEXPERT_LABELS if c in ZERO_SHOT_PROMPTS]
     files = sorted((Path(shards) / "test").glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(f, columns=["study_id", *names]) for f in files])
     labels = _labels(table, img_keys.tolist(), "study_id", names)
-    prompts, prompt_texts = _prompt_embeddings(embeddings)
-    s = score_matrix(model, images, prompt_texts, settings.score_block, settings.chunk, settings.device,
-                     keep=(), progress=progress).total
     auroc: dict = {}
     counts: dict = {}
     skipped: dict = {}
@@ -220,19 +237,18 @@ def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, pro
 # --- ground-truth probes of the synthetic data -----------------------------------------------
 
 
-def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, progress: ProgressFn = None) -> dict:
+def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, progress: ProgressFn = None,
+           cache: Optional[dict] = None) -> dict:
     """Side, zone and effusion-size probes (:mod:`limitr.eval.probes`) on the test split."""
     from limitr.eval.probes import probe_metrics, read_ground_truth
 
     truth = read_ground_truth(ground_truth)
-    img_keys, images = read_embeddings(Path(embeddings) / "test", "images")
+    img_keys, _ = read_embeddings(Path(embeddings) / "test", "images")
     known = sum(1 for k in img_keys.tolist() if int(k) in truth)
     if known * 2 < len(img_keys):
         return {"skipped": f"{ground_truth} describes {known} of the {len(img_keys)} test studies: it is not "
                            "this data set's ground truth (set evaluate.ground_truth to null for real data)"}
-    prompts, prompt_texts = _prompt_embeddings(embeddings)
-    s = score_matrix(model, images, prompt_texts, settings.score_block, settings.chunk, settings.device,
-                     keep=(), progress=progress).total
+    img_keys, prompts, s = test_prompt_scores(model, embeddings, settings, progress, cache)
     return {"source": str(ground_truth), **probe_metrics(s, prompts, img_keys.tolist(), truth)}
 
 
@@ -247,6 +263,7 @@ def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
 
     embeddings, shards = Path(embeddings), Path(shards)
     manifest = read_manifest(embeddings)
+    cache: dict = {}  # the test images against the prompts, shared by zero-shot and the probes
     tables = manifest.get("tables", {})
     skipped = manifest.get("skipped", {})
     n_test = int(tables.get("test", {}).get("images", 0))
@@ -269,7 +286,7 @@ def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
                           reason))
     reason = absent("prompts")
     tasks.append(EvalTask("zero_shot", n_test * n_prompts,
-                          None if reason else (lambda m, p: zero_shot(m, embeddings, shards, settings, p)), reason))
+                          None if reason else (lambda m, p: zero_shot(m, embeddings, shards, settings, p, cache)), reason))
     reason = absent("grounding")
     if reason is None and not (shards / "grounding.parquet").exists():
         reason = f"no grounding table in {shards}"
@@ -283,6 +300,6 @@ def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
         raise LimitrError(f"ground truth file {ground_truth} does not exist: fix evaluate.ground_truth "
                           "(null skips the probes; only the synthetic data has one)")
     tasks.append(EvalTask("probes", n_test * n_prompts,
-                          None if reason else (lambda m, p: probes(m, embeddings, Path(ground_truth), settings, p)),
+                          None if reason else (lambda m, p: probes(m, embeddings, Path(ground_truth), settings, p, cache)),
                           reason))
     return tasks
