@@ -243,12 +243,11 @@ def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, 
     from limitr.eval.probes import probe_metrics, read_ground_truth
 
     truth = read_ground_truth(ground_truth)
-    img_keys, _ = read_embeddings(Path(embeddings) / "test", "images")
+    img_keys, prompts, s = test_prompt_scores(model, embeddings, settings, progress, cache)  # zero-shot's, reused
     known = sum(1 for k in img_keys.tolist() if int(k) in truth)
     if known * 2 < len(img_keys):
         return {"skipped": f"{ground_truth} describes {known} of the {len(img_keys)} test studies: it is not "
                            "this data set's ground truth (set evaluate.ground_truth to null for real data)"}
-    img_keys, prompts, s = test_prompt_scores(model, embeddings, settings, progress, cache)
     return {"source": str(ground_truth), **probe_metrics(s, prompts, img_keys.tolist(), truth)}
 
 
