@@ -77,9 +77,10 @@ class MatchedAlignment:
 class LocalAlignment(nn.Module):
     """The shared SAF module and the two sigmoid heads, with the all-pairs scoring."""
 
-    def __init__(self, dim: int, temp1: float, saf_dropout: float) -> None:
+    def __init__(self, dim: int, temp1: float, saf_dropout: float, logit_scale: float = 1.0) -> None:
         super().__init__()
         self.temp1 = float(temp1)
+        self.logit_scale = float(logit_scale)  # factor on w_k . r_j before the two softmaxes
         self.saf = SAF(dim, saf_dropout)
         self.head_caption = nn.Linear(dim, 1)  # h_cap
         self.head_image = nn.Linear(dim, 1)  # h_img
@@ -160,6 +161,8 @@ class LocalAlignment(nn.Module):
         n_i, n_r, _ = regions.shape
         # One product gives w_k . r_j for every pair, laid out (I, T, N, M).
         logits = torch.matmul(words.reshape(n_t * n_w, dim), regions.transpose(1, 2)).view(n_i, n_t, n_w, n_r)
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
         wmask = word_mask.view(1, n_t, n_w, 1)
         rmask = region_mask.view(n_i, 1, 1, n_r)
         cap_scores = img_scores = None
@@ -191,6 +194,8 @@ class LocalAlignment(nn.Module):
         words: (B, N, D), word_mask: (B, N), regions: (B, M, D), region_mask: (B, M).
         """
         logits = torch.bmm(words, regions.transpose(1, 2))  # (B, N, M)
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
         wmask = word_mask.unsqueeze(-1)
         rmask = region_mask.unsqueeze(-2)
         word_attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)

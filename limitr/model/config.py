@@ -72,7 +72,11 @@ class ModelConfig:
         embeddings and the lower k transformer layers.
     embed_dim: D, the joint embedding width (divisible by 4 for the positional encoding).
     lateral, positional_encoding, caption_attention, image_attention: method switches.
+    positional_encoding_scale: factor on the fixed encoding before it is added to the
+        region features (1 = the method; its norm is sqrt(D / 2) per region).
     temp1: sharpening of the second attention softmax; temp3: logit scale of the losses.
+    attention_scale: factor on the word-region products before the attention softmaxes
+        (1 = the method; 1 / sqrt(D) is the usual scaled dot product).
     internal_weighting: "saf" or "uniform" weighting of the local internal loss.
     saf_dropout: dropout probability after each tanh of the SAF module.
     loss_weights: see :class:`LossWeights`.
@@ -86,9 +90,11 @@ class ModelConfig:
     embed_dim: int = 256
     lateral: bool = True
     positional_encoding: bool = True
+    positional_encoding_scale: float = 1.0
     caption_attention: bool = True
     image_attention: bool = True
     temp1: float = 4.0
+    attention_scale: float = 1.0
     temp3: float = 10.0
     internal_weighting: str = "saf"
     saf_dropout: float = 0.4
@@ -124,6 +130,13 @@ class ModelConfig:
                 f"model.internal_weighting must be one of {', '.join(INTERNAL_WEIGHTINGS)}, "
                 f"got {self.internal_weighting!r}"
             )
+        if not self.positional_encoding_scale > 0:
+            raise LimitrError(
+                f"model.positional_encoding_scale must be positive, got {self.positional_encoding_scale} "
+                "(use model.positional_encoding: false to drop the encoding)"
+            )
+        if not self.attention_scale > 0:
+            raise LimitrError(f"model.attention_scale must be positive, got {self.attention_scale}")
         if not (self.temp1 > 0 and self.temp3 > 0):
             raise LimitrError(f"model.temp1 and model.temp3 must be positive, got {self.temp1}, {self.temp3}")
         if not 0.0 <= self.saf_dropout < 1.0:
@@ -172,7 +185,7 @@ class ModelConfig:
         return d
 
 
-_FLOATS = {"temp1", "temp3", "saf_dropout"}
+_FLOATS = {"temp1", "temp3", "saf_dropout", "positional_encoding_scale", "attention_scale"}
 _BOOLS = {"lateral", "positional_encoding", "caption_attention", "image_attention"}
 _INTS = {"text_freeze_layers", "embed_dim", "score_chunk"}
 

@@ -51,7 +51,7 @@ class LIMITR(nn.Module):
         self.text_encoder = TextEncoder(
             config.text_encoder, d, config.text_freeze_layers, model_config=text_model_config
         )
-        self.alignment = LocalAlignment(d, config.temp1, config.saf_dropout)
+        self.alignment = LocalAlignment(d, config.temp1, config.saf_dropout, config.attention_scale)
 
     # ----------------------------------------------------------------------- encoders
     def _encode_view(self, encoder: ImageEncoder, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -59,7 +59,9 @@ class LIMITR(nn.Module):
         h, w = fmap.shape[-2:]
         local = fmap.flatten(2).transpose(1, 2)  # (B, R, D), row-major grid
         if self.config.positional_encoding:
-            local = local + sincos_2d(h, w, local.shape[-1], device=local.device, dtype=local.dtype)
+            encoding = sincos_2d(h, w, local.shape[-1], device=local.device, dtype=local.dtype)
+            scale = self.config.positional_encoding_scale
+            local = local + (encoding if scale == 1.0 else encoding * scale)
         return global_emb, local, (int(h), int(w))
 
     def encode_images(

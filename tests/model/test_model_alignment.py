@@ -45,6 +45,22 @@ def test_scores_match_per_pair_reference(align):
     torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-12)
 
 
+def test_attention_scale_matches_the_reference_and_softens_the_attention(align):
+    words, word_mask, regions, region_mask = make_batch()
+    soft = LocalAlignment(D, temp1=4.0, saf_dropout=0.4, logit_scale=0.25).double().eval()
+    soft.load_state_dict(align.state_dict())
+    cap, img = soft(words, word_mask, regions, region_mask)
+    cap_ref, img_ref = ref.all_pair_scores(soft, words, word_mask, regions, region_mask)
+    torch.testing.assert_close(cap, cap_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(img, img_ref, rtol=0, atol=1e-12)
+    assert not torch.allclose(cap, align(words, word_mask, regions, region_mask)[0])
+    # A smaller scale gives flatter first-step softmaxes, so flatter attention maps.
+    sharp = align.matched(words[:4], word_mask[:4], regions, region_mask).word_attention
+    flat = soft.matched(words[:4], word_mask[:4], regions, region_mask).word_attention
+    keep = word_mask[:4]
+    assert flat.amax(-1)[keep].mean() < sharp.amax(-1)[keep].mean()
+
+
 def test_score_gradients_match_reference(align):
     words, word_mask, regions, region_mask = make_batch(n_img=3, n_txt=3)
     weights = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

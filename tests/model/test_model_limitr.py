@@ -63,6 +63,18 @@ def test_shapes_masks_and_positional_encoding(model):
     assert txt.local.shape[0] == 4 and txt.local_mask.sum(dim=1).tolist() == [9, 3, 7, 2]
 
 
+def test_positional_encoding_scale_multiplies_the_encoding_only(model, tiny_config):
+    frontal, lateral, has = studies()
+    scaled = LIMITR(tiny_config(positional_encoding_scale=0.25)).eval()
+    scaled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        _, map_f = model.frontal_encoder(frontal)
+        img = scaled.encode_images(frontal, lateral, has)
+    torch.testing.assert_close(img.local[:, :4], map_f.flatten(2).transpose(1, 2) + 0.25 * sincos_2d(2, 2, 16))
+    with pytest.raises(LimitrError, match="positional_encoding_scale"):
+        tiny_config(positional_encoding_scale=0.0)
+
+
 def test_missing_lateral_scores_as_the_frontal_only_model(model, tiny_config):
     frontal, lateral, has = studies()
     txt_in = reports()
