@@ -160,9 +160,9 @@ class LocalAlignment(nn.Module):
         n_t, n_w, dim = words.shape
         n_i, n_r, _ = regions.shape
         # One product gives w_k . r_j for every pair, laid out (I, T, N, M).
-        logits = torch.matmul(words.reshape(n_t * n_w, dim), regions.transpose(1, 2)).view(n_i, n_t, n_w, n_r)
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
+        # The scale goes on the (smaller) word side: exact for powers of two such as 1/64.
+        query = (words * self.logit_scale).reshape(n_t * n_w, dim)
+        logits = torch.matmul(query, regions.transpose(1, 2)).view(n_i, n_t, n_w, n_r)
         wmask = word_mask.view(1, n_t, n_w, 1)
         rmask = region_mask.view(n_i, 1, 1, n_r)
         cap_scores = img_scores = None
@@ -193,9 +193,7 @@ class LocalAlignment(nn.Module):
 
         words: (B, N, D), word_mask: (B, N), regions: (B, M, D), region_mask: (B, M).
         """
-        logits = torch.bmm(words, regions.transpose(1, 2))  # (B, N, M)
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
+        logits = torch.bmm(words * self.logit_scale, regions.transpose(1, 2))  # (B, N, M)
         wmask = word_mask.unsqueeze(-1)
         rmask = region_mask.unsqueeze(-2)
         word_attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)

@@ -60,8 +60,7 @@ class LIMITR(nn.Module):
         local = fmap.flatten(2).transpose(1, 2)  # (B, R, D), row-major grid
         if self.config.positional_encoding:
             encoding = sincos_2d(h, w, local.shape[-1], device=local.device, dtype=local.dtype)
-            scale = self.config.positional_encoding_scale
-            local = local + (encoding if scale == 1.0 else encoding * scale)
+            local = local + self.config.positional_encoding_scale * encoding
         return global_emb, local, (int(h), int(w))
 
     def encode_images(
