@@ -2,7 +2,8 @@
 
 Text-to-image (caption) direction, per pair: every word attends over the regions,
 a_kj = s * w_k . r_j (s = model.attention_scale, 1 in the method) normalised first over
-the words k, then (times temp1) over the regions j; c_k = sum_j a_kj r_j; SAF pooling of s_k = l2norm(c_k * w_k); score = sigmoid(h_cap . v).
+the words k, then (times temp1) over the regions j; c_k = sum_j a_kj r_j; SAF pooling of
+s_k = l2norm(c_k * w_k); score = sigmoid(h_cap . v).
 Image-to-text (image) direction: the roles swapped, with SAF over the study's regions
 (frontal and, where present, lateral) and its own head h_img. The SAF module is shared.
 
