@@ -207,7 +207,6 @@ def test_prompt_scores(model, embeddings: Path, settings: EvalSettings, progress
     return img_keys, prompts, s
 
 
-
 def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, progress: ProgressFn = None,
               cache: Optional[dict] = None) -> dict:
     """AUROC per CheXpert observation on the test split from positive and negative prompts."""

@@ -78,10 +78,10 @@ class MatchedAlignment:
 class LocalAlignment(nn.Module):
     """The shared SAF module and the two sigmoid heads, with the all-pairs scoring."""
 
-    def __init__(self, dim: int, temp1: float, saf_dropout: float, logit_scale: float = 1.0) -> None:
+    def __init__(self, dim: int, temp1: float, saf_dropout: float, attention_scale: float = 1.0) -> None:
         super().__init__()
         self.temp1 = float(temp1)
-        self.logit_scale = float(logit_scale)  # factor on w_k . r_j before the two softmaxes
+        self.attention_scale = float(attention_scale)  # factor on w_k . r_j before the two softmaxes
         self.saf = SAF(dim, saf_dropout)
         self.head_caption = nn.Linear(dim, 1)  # h_cap
         self.head_image = nn.Linear(dim, 1)  # h_img
@@ -162,7 +162,7 @@ class LocalAlignment(nn.Module):
         n_i, n_r, _ = regions.shape
         # One product gives w_k . r_j for every pair, laid out (I, T, N, M).
         # The scale goes on the (smaller) word side: exact for powers of two such as 1/64.
-        query = (words * self.logit_scale).reshape(n_t * n_w, dim)
+        query = (words * self.attention_scale).reshape(n_t * n_w, dim)
         logits = torch.matmul(query, regions.transpose(1, 2)).view(n_i, n_t, n_w, n_r)
         wmask = word_mask.view(1, n_t, n_w, 1)
         rmask = region_mask.view(n_i, 1, 1, n_r)
@@ -194,7 +194,7 @@ class LocalAlignment(nn.Module):
 
         words: (B, N, D), word_mask: (B, N), regions: (B, M, D), region_mask: (B, M).
         """
-        logits = torch.bmm(words * self.logit_scale, regions.transpose(1, 2))  # (B, N, M)
+        logits = torch.bmm(words * self.attention_scale, regions.transpose(1, 2))  # (B, N, M)
         wmask = word_mask.unsqueeze(-1)
         rmask = region_mask.unsqueeze(-2)
         word_attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)

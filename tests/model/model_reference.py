@@ -33,7 +33,7 @@ def pair_alignment(align, words: torch.Tensor, regions: torch.Tensor) -> dict:
     """Both directions for one pair. words (n, D) and regions (m, D) hold real items only."""
     n, m = words.shape[0], regions.shape[0]
     logits = torch.stack([torch.stack([words[k] @ regions[j] for j in range(m)]) for k in range(n)])
-    logits = align.logit_scale * logits
+    logits = align.attention_scale * logits
     # Text to image: softmax over the words, then temp1 and softmax over the regions.
     over_words = torch.softmax(logits, dim=0)
     word_attn = torch.softmax(align.temp1 * over_words, dim=1)

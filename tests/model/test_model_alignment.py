@@ -47,7 +47,7 @@ def test_scores_match_per_pair_reference(align):
 
 def test_attention_scale_matches_the_reference_and_softens_the_attention(align):
     words, word_mask, regions, region_mask = make_batch()
-    soft = LocalAlignment(D, temp1=4.0, saf_dropout=0.4, logit_scale=0.25).double().eval()
+    soft = LocalAlignment(D, temp1=4.0, saf_dropout=0.4, attention_scale=0.25).double().eval()
     soft.load_state_dict(align.state_dict())
     cap, img = soft(words, word_mask, regions, region_mask)
     cap_ref, img_ref = ref.all_pair_scores(soft, words, word_mask, regions, region_mask)
