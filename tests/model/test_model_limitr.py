@@ -75,6 +75,19 @@ def test_positional_encoding_scale_multiplies_the_encoding_only(model, tiny_conf
         tiny_config(positional_encoding_scale=0.0)
 
 
+def test_layer2_regions_give_a_finer_grid_with_its_own_encoding(tiny_config):
+    frontal, lateral, has = studies()
+    torch.manual_seed(0)
+    m = LIMITR(tiny_config(local_layer="layer2")).eval()
+    with torch.no_grad():
+        img = m.encode_images(frontal, lateral, has)
+        _, map_f = m.frontal_encoder(frontal)
+        maps = m.grounding_maps(img, m.encode_text(*reports()))
+    assert img.grid == (4, 4) and img.local.shape == (4, 32, 16)
+    torch.testing.assert_close(img.local[:, :16], map_f.flatten(2).transpose(1, 2) + sincos_2d(4, 4, 16))
+    assert maps.shape[-1] == 32 and torch.all(maps[1, :, 16:] == 0)
+
+
 def test_missing_lateral_scores_as_the_frontal_only_model(model, tiny_config):
     frontal, lateral, has = studies()
     txt_in = reports()
