@@ -81,6 +81,10 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
             rows.append((f"grounding {prefix} CNR / mIoU / pointing",
                          " / ".join(_fmt(entry[m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))
                          + f"  (pointing chance {_fmt(entry.get('pointing_game_chance', {}).get('mean'), 3)})"))
+        if "cnr" in entry.get("prior", {}):
+            rows.append(("  its prior map CNR / mIoU / pointing",
+                         " / ".join(_fmt(entry["prior"][m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))
+                         + "  (the mean map: phrase and image ignored)"))
     pr = results.get("probes", {})
     if "side" in pr:
         rows.append(("probe side / zone accuracy", " / ".join(_fmt(pr[k]["accuracy"]["mean"], 3) for k in ("side", "zone"))

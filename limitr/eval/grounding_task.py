@@ -9,6 +9,11 @@ For each phrase and its image:
 
 Both (h, w) maps are mapped back through crop, resize and padding to the original pixels
 (:func:`limitr.eval.grounding.map_to_original`) and scored against the phrase's boxes.
+
+Each kind also has a ``prior``: the mean of that kind's maps over all evaluated phrases, one
+fixed map in crop coordinates that ignores both the phrase and the image, scored against
+every phrase's boxes in the same way. It measures how much of a score comes from where the
+model looks whatever it is asked; a map grounds a phrase only where it beats its prior.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ def _png_side(data: bytes) -> int:
     if width != height:
         raise LimitrError(f"grounding images must be padded squares, found {width} x {height}: re-run preprocess")
     return int(width)
+
+
+def _prior_figures(scores, categories, order, thresholds) -> dict:
+    """The figures of a prior map: CNR, mIoU (over thresholds and at its own best one), pointing."""
+    full = G.aggregate(scores, categories, order, thresholds)
+    return {k: full[k] for k in ("cnr", "miou", "miou_best", "pointing_game")}
 
 
 @torch.no_grad()
@@ -104,10 +115,12 @@ def grounding(
     image_col = table.column("image")
 
     attention, cosine = phrase_maps(model, images, texts, settings.score_block, settings.device)
+    priors = {"attention": attention.mean(0), "cosine": cosine.mean(0)}
     categories = [cols["category_name"][r] for r in rows]
     examples = G.category_examples(categories, keys.tolist())
     example_rows = set(examples.values())
     scores: dict[str, list[G.PhraseScores]] = {kind: [] for kind in MAP_KINDS}
+    prior_scores: dict[str, list[G.PhraseScores]] = {kind: [] for kind in MAP_KINDS}
     figures: dict[str, dict] = {}
     for i, r in enumerate(rows):
         image_bytes = image_col[r].as_py()
@@ -125,6 +138,8 @@ def grounding(
         original = {kind: G.map_to_original(m, geometry) for kind, m in maps.items()}
         for kind in MAP_KINDS:
             scores[kind].append(G.score_phrase(original[kind], boxes, thresholds))
+            prior = G.map_to_original(priors[kind], geometry)
+            prior_scores[kind].append(G.score_phrase(prior, boxes, thresholds))
         if i in example_rows:
             figures[categories[i]] = {
                 "phrase_id": int(keys[i]),
@@ -138,5 +153,7 @@ def grounding(
     order = list(MS_CXR_CATEGORIES) + sorted(set(categories) - set(MS_CXR_CATEGORIES))
     out = {"map": "word_to_region_attention", **G.aggregate(scores["attention"], categories, order, thresholds)}
     out["cosine"] = {"map": "patch_to_phrase_cosine", **G.aggregate(scores["cosine"], categories, order, thresholds)}
+    for kind, entry in (("attention", out), ("cosine", out["cosine"])):
+        entry["prior"] = {"map": f"mean_{kind}_map", **_prior_figures(prior_scores[kind], categories, order, thresholds)}
     out["_examples"] = {c: figures[c] for c in order if c in figures}
     return out

@@ -121,6 +121,10 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
         assert set(gr[name]) == {"mean", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax"}
         assert name in gr["cosine"]
     assert gr["n_phrases"]["total"] == 5 and gr["n_phrases"]["Pleural Effusion"] == 2
+    for entry in (gr, gr["cosine"]):
+        assert set(entry["prior"]) == {"map", "cnr", "miou", "miou_best", "pointing_game"}
+        assert set(entry["prior"]["pointing_game"]) == set(entry["pointing_game"])
+    assert "its prior map" in result.output
 
     plots = metrics / "plots"
     lines = (plots / "recall_at_k.tsv").read_text().splitlines()
@@ -170,6 +174,32 @@ def test_missing_embeddings_is_one_line_error(tmp_path: Path, stubbed: StubModel
     result = runner.invoke(app, ["evaluate", "--params", str(params)])
     assert result.exit_code == 1
     assert "embed stage" in result.output and "Traceback" not in result.output
+
+
+def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
+    tmp_path: Path, stubbed: StubModel, monkeypatch
+) -> None:
+    """When every phrase gets the same attention map, that map is its own prior: the same
+    figures; with the stub's phrase-dependent maps, the figures differ."""
+    write_tables(tmp_path)
+    params = write_params(tmp_path)
+    invoke("embed", "--params", str(params))
+    invoke("evaluate", "--params", str(params))
+    varying = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
+
+    def fixed_maps(img, txt):
+        m = img.local.shape[1]
+        row = torch.linspace(0.0, 3.0, m).roll(m // 3).softmax(0)
+        return row.expand(txt.local.shape[0], txt.local.shape[1], m).clone()
+
+    monkeypatch.setattr(stubbed, "grounding_maps", fixed_maps)
+    invoke("evaluate", "--params", str(params))
+    gr = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
+    for name in ("cnr", "miou", "miou_best", "pointing_game"):
+        assert gr["prior"][name].keys() == gr[name].keys()
+        for key, value in gr[name].items():
+            assert gr["prior"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
+    assert any(varying["prior"]["cnr"][k] != pytest.approx(varying["cnr"][k]) for k in varying["cnr"])
 
 
 def test_stages_with_the_real_model(tmp_path: Path) -> None:
