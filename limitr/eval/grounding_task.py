@@ -136,10 +136,10 @@ def grounding(
         boxes = cols["boxes"][r]
         maps = {"attention": attention[i], "cosine": cosine[i]}
         original = {kind: G.map_to_original(m, geometry) for kind, m in maps.items()}
+        prior_original = {kind: G.map_to_original(m, geometry) for kind, m in priors.items()}
         for kind in MAP_KINDS:
             scores[kind].append(G.score_phrase(original[kind], boxes, thresholds))
-            prior = G.map_to_original(priors[kind], geometry)
-            prior_scores[kind].append(G.score_phrase(prior, boxes, thresholds))
+            prior_scores[kind].append(G.score_phrase(prior_original[kind], boxes, thresholds))
         if i in example_rows:
             figures[categories[i]] = {
                 "phrase_id": int(keys[i]),
@@ -147,7 +147,7 @@ def grounding(
                 "boxes": boxes,
                 "image": image_bytes,
                 "geometry": geometry,
-                "maps": original,
+                "maps": {**original, "attention prior (mean map)": prior_original["attention"]},
             }
         advance(progress, 1)
     order = list(MS_CXR_CATEGORIES) + sorted(set(categories) - set(MS_CXR_CATEGORIES))
