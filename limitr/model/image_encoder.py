@@ -12,11 +12,11 @@ from torch import nn
 from limitr.errors import LimitrError
 from limitr.model.config import LOCAL_LAYERS
 
-#: Channels of layer2 / layer3 / layer4 per backbone.
-_WIDTHS: dict[str, tuple[int, int, int]] = {
-    "resnet18": (128, 256, 512),
-    "resnet34": (128, 256, 512),
-    "resnet50": (512, 1024, 2048),
+#: Output channels of the stages that feed the local and global branches, per backbone.
+_WIDTHS: dict[str, dict[str, int]] = {
+    "resnet18": {"layer2": 128, "layer3": 256, "layer4": 512},
+    "resnet34": {"layer2": 128, "layer3": 256, "layer4": 512},
+    "resnet50": {"layer2": 512, "layer3": 1024, "layer4": 2048},
 }
 
 #: Set to 1 to let torchvision fetch named weights that are not in the torch hub cache.
@@ -53,7 +53,9 @@ class ImageEncoder(nn.Module):
     the global vector is layer4 average-pooled and projected by a linear layer.
     """
 
-    def __init__(self, backbone: str, embed_dim: int, weights: Optional[str] = None, local_layer: str = "layer3") -> None:
+    def __init__(
+        self, backbone: str, embed_dim: int, weights: Optional[str] = None, local_layer: str = "layer3"
+    ) -> None:
         super().__init__()
         import torchvision
 
@@ -66,12 +68,9 @@ class ImageEncoder(nn.Module):
             _load_backbone_weights(net, backbone, weights)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        widths = _WIDTHS[backbone]
         self.local_layer = local_layer
-        local_width = widths[0] if local_layer == "layer2" else widths[1]
-        global_width = widths[2]
-        self.local_proj = nn.Conv2d(local_width, embed_dim, kernel_size=1, bias=False)
-        self.global_proj = nn.Linear(global_width, embed_dim)
+        self.local_proj = nn.Conv2d(_WIDTHS[backbone][local_layer], embed_dim, kernel_size=1, bias=False)
+        self.global_proj = nn.Linear(_WIDTHS[backbone]["layer4"], embed_dim)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = self.layer2(self.layer1(self.stem(images)))

@@ -44,8 +44,9 @@ class LIMITR(nn.Module):
         self.config = config
         d = config.embed_dim
         image_weights = config.image_weights if load_weights else None
-        self.frontal_encoder = ImageEncoder(config.image_backbone, d, image_weights, config.local_layer)
-        self.lateral_encoder = ImageEncoder(config.image_backbone, d, image_weights, config.local_layer) if config.lateral else None
+        view = (config.image_backbone, d, image_weights, config.local_layer)
+        self.frontal_encoder = ImageEncoder(*view)
+        self.lateral_encoder = ImageEncoder(*view) if config.lateral else None
         if text_model_config is None and not load_weights:
             text_model_config = _text_config_from_source(config.text_encoder)
         self.text_encoder = TextEncoder(
