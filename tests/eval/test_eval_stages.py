@@ -179,8 +179,8 @@ def test_missing_embeddings_is_one_line_error(tmp_path: Path, stubbed: StubModel
 def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
     tmp_path: Path, stubbed: StubModel, monkeypatch
 ) -> None:
-    """When every phrase gets the same attention map, that map is its own prior: the same
-    figures; with the stub's phrase-dependent maps, the figures differ."""
+    """The prior is the mean of the phrases' maps, scored against each phrase's boxes; when
+    every phrase gets the same attention map, that map is its own prior (the same figures)."""
     write_tables(tmp_path)
     params = write_params(tmp_path)
     invoke("embed", "--params", str(params))
@@ -191,6 +191,35 @@ def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
         m = img.local.shape[1]
         row = torch.linspace(0.0, 3.0, m).roll(m // 3).softmax(0)
         return row.expand(txt.local.shape[0], txt.local.shape[1], m).clone()
+
+    # The prior is the mean of the phrases' maps, scored against each phrase's own boxes.
+    import pyarrow.parquet as pq
+
+    from limitr.eval import grounding as G
+    from limitr.eval.evaluate import read_manifest
+    from limitr.eval.grounding_task import _png_side, phrase_maps
+    from limitr.eval.scoring import take
+    from limitr.eval.store import align
+
+    folder = tmp_path / "emb" / "grounding"
+    img_keys, images = read_embeddings(folder, "images")
+    txt_keys, texts = read_embeddings(folder, "texts")
+    keys, img_rows, txt_rows = align(img_keys, txt_keys)
+    attention, _ = phrase_maps(stubbed, take(images, img_rows), take(texts, txt_rows), 2, "cpu")
+    crop = int(read_manifest(tmp_path / "emb")["settings"]["crop_size"])
+    table = pq.read_table(tmp_path / "shards" / "grounding.parquet").to_pylist()
+    by_id = {row["phrase_id"]: row for row in table}
+    per_category: dict[str, list] = {}
+    for key in keys.tolist():
+        row = by_id[int(key)]
+        geometry = G.ImageGeometry(orig_height=row["orig_height"], orig_width=row["orig_width"], scale=row["scale"],
+                                   pad_left=row["pad_left"], pad_top=row["pad_top"],
+                                   image_size=_png_side(row["image"]), crop_size=crop)
+        score = G.score_phrase(G.map_to_original(attention.mean(0), geometry), row["boxes"])
+        per_category.setdefault(row["category_name"], []).append(score)
+    for category, scores in per_category.items():
+        assert varying["prior"]["pointing_game"][category] == pytest.approx(np.mean([s.pointing for s in scores]))
+        assert varying["prior"]["cnr"][category] == pytest.approx(np.nanmean([s.cnr for s in scores]))
 
     monkeypatch.setattr(stubbed, "grounding_maps", fixed_maps)
     invoke("evaluate", "--params", str(params))
