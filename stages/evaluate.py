@@ -54,6 +54,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _p(value: float) -> str:
+    """A p-value for the summary: two significant digits, scientific below 0.001."""
+    return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
+
+
 def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     ret = results.get("retrieval", {})
@@ -85,6 +90,12 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
             rows.append(("  its prior map CNR / mIoU / pointing",
                          " / ".join(_fmt(entry["prior"][m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))
                          + "  (the mean map: phrase and image ignored)"))
+        sig = entry.get("significance")
+        if sig and sig.get("phrases"):
+            rows.append(("  pointing hits: map / chance / prior",
+                         f"{sig['hits']} / {_fmt(sig['chance_hits'], 1)} / {sig['prior_hits']} of {sig['phrases']}"
+                         f"  (p {_p(sig['p_vs_chance'])} vs chance, {_p(sig['p_vs_prior'])} vs prior:"
+                         f" {sig['map_only']} phrases only the map hits, {sig['prior_only']} only the prior)"))
     pr = results.get("probes", {})
     if "side" in pr:
         rows.append(("probe side / zone accuracy", " / ".join(_fmt(pr[k]["accuracy"]["mean"], 3) for k in ("side", "zone"))

@@ -20,6 +20,7 @@ Boxes are ``[x, y, w, h]`` in original pixels; a pixel belongs to a box when its
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Optional, Sequence
 
@@ -225,6 +226,58 @@ def aggregate(
     out["n_phrases"] = {"total": int(len(scores)), **counts}
     out["n_undefined"] = int(sum(1 for s in scores if not np.isfinite(s.cnr) or not np.isfinite(s.iou).all()))
     return out
+
+
+def at_least_tail(probs: Sequence[float], hits: int) -> float:
+    """P(X >= hits) for X the number of successes of independent trials with these
+    probabilities (a Poisson-binomial law), exactly, by convolution."""
+    dist = np.ones(1)
+    for p in probs:
+        dist = np.concatenate([dist * (1.0 - p), [0.0]]) + np.concatenate([[0.0], dist * p])
+    return float(min(1.0, dist[max(int(hits), 0):].sum()))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes: ``only_a`` pairs where only
+    the first succeeds, ``only_b`` where only the second does (a sign test on the discordant
+    pairs); 1 when there are none."""
+    n, low = int(only_a) + int(only_b), min(int(only_a), int(only_b))
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n))
+
+
+def significance(scores: Sequence[PhraseScores], prior_scores: Sequence[PhraseScores]) -> dict:
+    """How sure the pointing game is, pooled over phrases (every phrase counts once, unlike
+    the category means), against chance and against the prior, on the same phrases.
+
+    ``hits`` of ``phrases`` (those with a defined pointing game); ``chance_hits``: the hits
+    expected from a peak on a uniformly random valid pixel (the sum of the boxes' shares) and
+    ``p_vs_chance`` the one-sided exact p-value of at least ``hits`` under it; ``map_only`` /
+    ``prior_only``: phrases where only the map / only its prior points into a box, and
+    ``p_vs_prior`` their two-sided exact McNemar p-value; ``cnr_minus_prior``: the map's CNR
+    minus the prior's, averaged over phrases where both are defined, and
+    ``cnr_above_prior_share`` the share of those where the map's is higher.
+    """
+    pairs = [(s, q) for s, q in zip(scores, prior_scores) if np.isfinite(s.pointing) and np.isfinite(q.pointing)]
+    hits = [s.pointing == 1.0 for s, _ in pairs]
+    prior_hits = [q.pointing == 1.0 for _, q in pairs]
+    shares = [s.box_share for s, _ in pairs if np.isfinite(s.box_share)]
+    only_map = sum(a and not b for a, b in zip(hits, prior_hits))
+    only_prior = sum(b and not a for a, b in zip(hits, prior_hits))
+    cnr_diff = np.array([s.cnr - q.cnr for s, q in zip(scores, prior_scores) if np.isfinite(s.cnr) and np.isfinite(q.cnr)])
+    return {
+        "phrases": len(pairs),
+        "hits": int(sum(hits)),
+        "chance_hits": float(sum(shares)),
+        "p_vs_chance": at_least_tail(shares, sum(hits)),
+        "prior_hits": int(sum(prior_hits)),
+        "map_only": int(only_map),
+        "prior_only": int(only_prior),
+        "p_vs_prior": mcnemar_exact(only_map, only_prior),
+        "cnr_minus_prior": float(cnr_diff.mean()) if cnr_diff.size else None,
+        "cnr_above_prior_share": float((cnr_diff > 0).mean()) if cnr_diff.size else None,
+    }
 
 
 def word_attention_map(attention: torch.Tensor, word_mask: torch.Tensor, n_regions: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ Each kind also has a ``prior``: the mean of that kind's maps over all evaluated 
 fixed map in crop coordinates that ignores both the phrase and the image, scored against
 every phrase's boxes in the same way. It measures how much of a score comes from where the
 model looks whatever it is asked; a map grounds a phrase only where it beats its prior.
+``significance`` says how sure that is: exact p-values of the pointing game against a random
+point and, phrase by phrase, against the prior.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def grounding(
 ) -> dict:
     """grounding.json's dict: the attention map's figures at the top level (``cnr``, ``miou``,
     ``miou_best``, ``pointing_game``, per category and mean), the cosine map's under
-    ``cosine``; plus ``"_examples"`` (one phrase per category for the figures, not a metric)."""
+    ``cosine``; each with its ``prior``'s figures and the ``significance`` of its pointing game
+    against chance and against that prior (:func:`limitr.eval.grounding.significance`); plus ``"_examples"`` (one phrase per category for the figures, not a metric)."""
     folder = Path(embeddings) / "grounding"
     img_keys, images = read_embeddings(folder, "images")
     txt_keys, texts = read_embeddings(folder, "texts")
@@ -155,5 +158,6 @@ def grounding(
     out["cosine"] = {"map": "patch_to_phrase_cosine", **G.aggregate(scores["cosine"], categories, order, thresholds)}
     for kind, entry in (("attention", out), ("cosine", out["cosine"])):
         entry["prior"] = {"map": f"mean_{kind}_map", **_prior_figures(prior_scores[kind], categories, order, thresholds)}
+        entry["significance"] = G.significance(scores[kind], prior_scores[kind])
     out["_examples"] = {c: figures[c] for c in order if c in figures}
     return out

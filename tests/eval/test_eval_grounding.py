@@ -193,3 +193,43 @@ def test_crop_offset_is_the_datasets_centre_crop(size: int, crop: int) -> None:
     top, left = crop_offsets(size, size, crop, None)
     off = G.center_crop_offset(size, crop)
     np.testing.assert_array_equal(image[off : off + crop, off : off + crop], image[top : top + crop, left : left + crop])
+
+
+def test_at_least_tail_matches_the_binomial_and_brute_force() -> None:
+    n, p = 10, 0.2
+    below = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(3))
+    assert G.at_least_tail([p] * n, 3) == pytest.approx(1 - below, rel=1e-12)
+    probs = [0.05, 0.1, 0.3, 0.5, 0.7, 0.15, 0.9, 0.02]
+    for k in range(len(probs) + 2):
+        brute = 0.0
+        for outcome in range(2 ** len(probs)):
+            bits = [(outcome >> i) & 1 for i in range(len(probs))]
+            if sum(bits) >= k:
+                brute += math.prod(q if b else 1 - q for q, b in zip(probs, bits))
+        assert G.at_least_tail(probs, k) == pytest.approx(brute, rel=1e-12, abs=1e-15), k
+    assert G.at_least_tail(probs, 0) == pytest.approx(1.0)
+
+
+def test_mcnemar_exact_known_answers() -> None:
+    assert G.mcnemar_exact(5, 0) == pytest.approx(2 / 32)
+    assert G.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert G.mcnemar_exact(6, 1) == pytest.approx(2 * (1 + 7) / 128)
+    assert G.mcnemar_exact(3, 3) == 1.0
+    assert G.mcnemar_exact(0, 0) == 1.0
+
+
+def test_significance_counts_phrase_pairs() -> None:
+    def ps(pointing: float, share: float, cnr: float) -> G.PhraseScores:
+        return G.PhraseScores(cnr=cnr, iou=np.zeros(1), pointing=pointing, box_share=share)
+
+    model = [ps(1, 0.1, 0.5), ps(1, 0.2, 0.4), ps(0, 0.3, -0.1), ps(1, 0.1, float("nan")), ps(float("nan"), 0.5, 0.2)]
+    prior = [ps(0, 0.1, 0.1), ps(1, 0.2, 0.6), ps(1, 0.3, 0.0), ps(0, 0.1, 0.3), ps(1, 0.5, 0.1)]
+    sig = G.significance(model, prior)
+    assert sig["phrases"] == 4 and sig["hits"] == 3 and sig["prior_hits"] == 2
+    assert sig["map_only"] == 2 and sig["prior_only"] == 1
+    assert sig["p_vs_prior"] == pytest.approx(G.mcnemar_exact(2, 1)) == 1.0
+    assert sig["chance_hits"] == pytest.approx(0.7)
+    assert sig["p_vs_chance"] == pytest.approx(G.at_least_tail([0.1, 0.2, 0.3, 0.1], 3))
+    # CNR over the phrases where both are defined: 0.4, -0.2, -0.1, 0.1.
+    assert sig["cnr_minus_prior"] == pytest.approx(0.05)
+    assert sig["cnr_above_prior_share"] == pytest.approx(0.5)

@@ -124,7 +124,10 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
     for entry in (gr, gr["cosine"]):
         assert set(entry["prior"]) == {"map", "cnr", "miou", "miou_best", "pointing_game"}
         assert set(entry["prior"]["pointing_game"]) == set(entry["pointing_game"])
-    assert "its prior map" in result.output
+        sig = entry["significance"]
+        assert sig["phrases"] == 5 and sig["map_only"] + sig["prior_only"] <= 5
+        assert 0.0 < sig["p_vs_chance"] <= 1.0 and 0.0 < sig["p_vs_prior"] <= 1.0
+    assert "its prior map" in result.output and "pointing hits: map / chance / prior" in result.output
 
     plots = metrics / "plots"
     lines = (plots / "recall_at_k.tsv").read_text().splitlines()
@@ -229,6 +232,10 @@ def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
         for key, value in gr[name].items():
             assert gr["prior"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
     assert any(varying["prior"]["cnr"][k] != pytest.approx(varying["cnr"][k]) for k in varying["cnr"])
+    # A map that is its own prior wins and loses no phrase against it.
+    sig = gr["significance"]
+    assert sig["map_only"] == sig["prior_only"] == 0 and sig["p_vs_prior"] == 1.0
+    assert sig["hits"] == sig["prior_hits"] and sig["cnr_minus_prior"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_stages_with_the_real_model(tmp_path: Path) -> None:
