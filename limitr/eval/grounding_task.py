@@ -95,7 +95,8 @@ def grounding(
     """grounding.json's dict: the attention map's figures at the top level (``cnr``, ``miou``,
     ``miou_best``, ``pointing_game``, per category and mean), the cosine map's under
     ``cosine``; each with its ``prior``'s figures and the ``significance`` of its pointing game
-    against chance and against that prior (:func:`limitr.eval.grounding.significance`); plus ``"_examples"`` (one phrase per category for the figures, not a metric)."""
+    against chance and against that prior (:func:`limitr.eval.grounding.significance`); plus
+    ``"_examples"`` (one phrase per category for the figures, not a metric)."""
     folder = Path(embeddings) / "grounding"
     img_keys, images = read_embeddings(folder, "images")
     txt_keys, texts = read_embeddings(folder, "texts")
