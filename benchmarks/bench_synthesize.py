@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from limitr.data.synthetic import generate, plan_dataset
+from limitr.synthetic import generate, plan_dataset
 
 
 def _fingerprint(root: Path) -> str:

@@ -25,7 +25,7 @@ def sheet(
     with stage_errors():
         root_dir = Path(override(root, section(params, "synthesize"), "out", "data/raw/synthetic"))
 
-        from limitr.data.synthetic import render_sheet
+        from limitr.synthetic import render_sheet
 
         path = render_sheet(root_dir, out, n=n, seed=seed)
         typer.echo(f"wrote {path}")

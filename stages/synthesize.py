@@ -46,7 +46,7 @@ def synthesize(
         n_workers = override(workers, cfg, "workers")
         n_workers = None if n_workers is None else int(n_workers)
 
-        from limitr.data.synthetic import generate
+        from limitr.synthetic import generate
 
         start = time.perf_counter()
         with progress_bar(n, "synthesize", unit="study") as bar, atomic_dir(out_dir) as tmp:

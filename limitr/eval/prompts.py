@@ -1,7 +1,7 @@
 """The text queries of class retrieval and zero-shot classification.
 
 Written in the language of MIMIC-CXR reports (and of the synthetic reports, which follow it,
-see limitr/data/synthetic/phrases.py and reports.py): lower case, findings named as
+see limitr/synthetic/phrases.py and reports.py): lower case, findings named as
 radiologists write them, with side, size and zone words; the negative prompts are the
 negations and normal sentences such reports use (reports never state that a device is
 absent, so the device negatives are normal-study sentences). A class's score for an image is the mean of

@@ -410,7 +410,7 @@ def test_damaged_zip_member_skips_only_that_study(tmp_path: Path) -> None:
 
 def _generate():
     try:
-        from limitr.data.synthetic import generate
+        from limitr.synthetic import generate
     except ImportError:
         pytest.skip("the synthetic generator is not available")
     return generate

@@ -119,7 +119,7 @@ def test_read_ground_truth(tmp_path: Path) -> None:
 def test_probes_on_the_synthetic_generator_output(tmp_path: Path) -> None:
     """The generator's real ground truth yields side and zone questions whose true query
     names the finding's side."""
-    from limitr.data.synthetic import generate
+    from limitr.synthetic import generate
 
     generate(tmp_path / "syn", n_studies=60, seed=3, image_scale=0.05, workers=1)
     truth = read_ground_truth(tmp_path / "syn" / "ground_truth.jsonl")

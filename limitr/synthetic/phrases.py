@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from limitr.data.synthetic.findings import Finding
+from limitr.synthetic.findings import Finding
 
 Labels = dict[str, float]
 

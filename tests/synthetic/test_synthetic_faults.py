@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from limitr.data.synthetic import generate
-from limitr.data.synthetic.faults import FAULT_KINDS
+from limitr.synthetic import generate
+from limitr.synthetic.faults import FAULT_KINDS
 from limitr.errors import LimitrError
 from synthetic_helpers import image_file, read_reports, report_member, sections
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from limitr.data.synthetic.anatomy import Anatomy, VesselTree, frontal_vessels
-from limitr.data.synthetic.canvas import (
+from limitr.synthetic.anatomy import Anatomy, VesselTree, frontal_vessels
+from limitr.synthetic.canvas import (
     Stroke, ViewFrame, bezier, raster_segments, raster_strokes, smooth_noise, smoothstep, soften,
 )
 

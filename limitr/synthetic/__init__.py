@@ -17,10 +17,10 @@ Modules: ``anatomy`` / ``frontal`` / ``lateral`` (the chest per patient and view
 ``sheet`` (an example sheet).
 """
 
-from limitr.data.synthetic.render import RenderedImage, render_image, render_with_and_without
-from limitr.data.synthetic.sheet import render_sheet
-from limitr.data.synthetic.structure import Study, plan_dataset
-from limitr.data.synthetic.writer import generate
+from limitr.synthetic.render import RenderedImage, render_image, render_with_and_without
+from limitr.synthetic.sheet import render_sheet
+from limitr.synthetic.structure import Study, plan_dataset
+from limitr.synthetic.writer import generate
 
 __all__ = [
     "generate", "render_sheet", "plan_dataset", "render_image", "render_with_and_without",

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from limitr.data.synthetic import formats as F
+from limitr.synthetic import formats as F
 from limitr.errors import LimitrError
 
 #: Box colours per finding type.

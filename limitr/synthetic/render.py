@@ -15,12 +15,12 @@ from typing import Collection
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from limitr.data.synthetic.canvas import ViewFrame, blur_image, draw_strokes, mask_bbox
-from limitr.data.synthetic.devices import frontal_device, lateral_device
-from limitr.data.synthetic.frontal import FrontalChest, render_frontal_anatomy
-from limitr.data.synthetic.lateral import LateralChest, render_lateral_anatomy
-from limitr.data.synthetic.lesions import frontal_patches, lateral_patches
-from limitr.data.synthetic.structure import ImagePlan, Study
+from limitr.synthetic.canvas import ViewFrame, blur_image, draw_strokes, mask_bbox
+from limitr.synthetic.devices import frontal_device, lateral_device
+from limitr.synthetic.frontal import FrontalChest, render_frontal_anatomy
+from limitr.synthetic.lateral import LateralChest, render_lateral_anatomy
+from limitr.synthetic.lesions import frontal_patches, lateral_patches
+from limitr.synthetic.structure import ImagePlan, Study
 
 #: Images whose long side exceeds this are rendered at this size and resized up.
 RENDER_LONG_SIDE = 768

@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 
 from limitr.data.schema import CHEXPERT_LABELS
-from limitr.data.synthetic.findings import Finding
-from limitr.data.synthetic.phrases import Sentence, mention, pick
+from limitr.synthetic.findings import Finding
+from limitr.synthetic.phrases import Sentence, mention, pick
 
 TITLE_INDENT = 33
 WRAP = 78  # plus the leading space: 79 characters

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from limitr.data.synthetic import generate, plan_dataset, render_image, render_with_and_without
-from limitr.data.synthetic.anatomy import sample_anatomy
-from limitr.data.synthetic.canvas import ViewFrame
-from limitr.data.synthetic.frontal import FrontalChest, render_frontal_anatomy
-from limitr.data.synthetic.lateral import LateralChest, render_lateral_anatomy
+from limitr.synthetic import generate, plan_dataset, render_image, render_with_and_without
+from limitr.synthetic.anatomy import sample_anatomy
+from limitr.synthetic.canvas import ViewFrame
+from limitr.synthetic.frontal import FrontalChest, render_frontal_anatomy
+from limitr.synthetic.lateral import LateralChest, render_lateral_anatomy
 from synthetic_helpers import all_files, image_file
 
 SCALE = 0.06

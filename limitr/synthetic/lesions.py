@@ -4,7 +4,7 @@ which pixels its box must cover.
 A finding's exact place and shape come from its seed through :class:`Placement`, drawn
 the same way for every view, so the frontal and lateral images of a study agree.
 Cardiomegaly and the volume loss of atelectasis change the anatomy itself (see
-:mod:`limitr.data.synthetic.render`); here they only contribute their boxes.
+:mod:`limitr.synthetic.render`); here they only contribute their boxes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Optional
 
 import numpy as np
 
-from limitr.data.synthetic.anatomy import grow_vessels
-from limitr.data.synthetic.canvas import (
+from limitr.synthetic.anatomy import grow_vessels
+from limitr.synthetic.canvas import (
     UNITS_PER_CM, Stroke, ViewFrame, blur, draw_segments, draw_strokes, sample_noise, smoothstep,
 )
-from limitr.data.synthetic.findings import Finding
-from limitr.data.synthetic.frontal import FrontalChest, FrontalLayers
-from limitr.data.synthetic.lateral import LateralChest, LateralLayers
+from limitr.synthetic.findings import Finding
+from limitr.synthetic.frontal import FrontalChest, FrontalLayers
+from limitr.synthetic.lateral import LateralChest, LateralLayers
 
 GRADE = {"mild": 0, "moderate": 1, "severe": 2}
 

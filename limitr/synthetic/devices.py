@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from limitr.data.synthetic.canvas import UNITS_PER_CM, Stroke, bezier
-from limitr.data.synthetic.findings import Finding
-from limitr.data.synthetic.frontal import FrontalChest
-from limitr.data.synthetic.lateral import LateralChest
-from limitr.data.synthetic.phrases import tube_tip_cm
+from limitr.synthetic.canvas import UNITS_PER_CM, Stroke, bezier
+from limitr.synthetic.findings import Finding
+from limitr.synthetic.frontal import FrontalChest
+from limitr.synthetic.lateral import LateralChest
+from limitr.synthetic.phrases import tube_tip_cm
 
 
 def _tube(points: np.ndarray, wall: float, stripe: float = 0.0035) -> list[Stroke]:

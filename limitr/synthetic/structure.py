@@ -14,10 +14,10 @@ from typing import Optional
 import numpy as np
 
 from limitr.data.schema import CLASS_RETRIEVAL_CLASSES, SPLITS
-from limitr.data.synthetic.anatomy import Anatomy, sample_anatomy
-from limitr.data.synthetic.findings import Finding, sample_findings
-from limitr.data.synthetic.ids import dicom_id, unique_ints
-from limitr.data.synthetic.reports import Report, write_report
+from limitr.synthetic.anatomy import Anatomy, sample_anatomy
+from limitr.synthetic.findings import Finding, sample_findings
+from limitr.synthetic.ids import dicom_id, unique_ints
+from limitr.synthetic.reports import Report, write_report
 
 #: Real MIMIC-CXR images are about this size (rows, columns) at image_scale 1.0.
 FULL_SIZE = (3056, 2544)

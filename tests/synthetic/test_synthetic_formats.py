@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from limitr.data.schema import CHEXPERT_LABELS, CLASS_RETRIEVAL_CLASSES, MS_CXR_CATEGORIES
-from limitr.data.synthetic import generate
-from limitr.data.synthetic.findings import FINDING_TYPES
+from limitr.synthetic import generate
+from limitr.synthetic.findings import FINDING_TYPES
 from synthetic_helpers import image_file, keyword_labels, model_text, read_reports, report_member, sections
 
 META = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from limitr.data.synthetic.structure import Study
+from limitr.synthetic.structure import Study
 
 FAULT_KINDS: tuple[str, ...] = (
     "truncated_jpeg",  # the JPEG file ends early

@@ -28,12 +28,12 @@ import numpy as np
 from PIL import Image
 
 from limitr.data.schema import CHEXPERT_LABELS, CLASS_RETRIEVAL_CLASSES, SPLITS
-from limitr.data.synthetic import formats as F
-from limitr.data.synthetic.faults import IMAGE_FAULTS, Fault, damage_jpeg, damage_report, plan_faults
-from limitr.data.synthetic.findings import Finding
-from limitr.data.synthetic.render import Box, render_image
-from limitr.data.synthetic.reports import without_headers
-from limitr.data.synthetic.structure import Study, plan_dataset
+from limitr.synthetic import formats as F
+from limitr.synthetic.faults import IMAGE_FAULTS, Fault, damage_jpeg, damage_report, plan_faults
+from limitr.synthetic.findings import Finding
+from limitr.synthetic.render import Box, render_image
+from limitr.synthetic.reports import without_headers
+from limitr.synthetic.structure import Study, plan_dataset
 from limitr.errors import LimitrError
 from limitr.progress import ProgressFn, advance
 

@@ -1,6 +1,6 @@
 """A patient's chest: the body measurements every view of that patient shares.
 
-All lengths are chest units (see :mod:`limitr.data.synthetic.canvas`). One patient gets
+All lengths are chest units (see :mod:`limitr.synthetic.canvas`). One patient gets
 one :class:`Anatomy`; each image of each study renders it through its own view frame, so
 a patient's frontal and lateral images, and the studies over time, agree.
 """

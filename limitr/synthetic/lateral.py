@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from limitr.data.synthetic.anatomy import Anatomy, VesselTree, lateral_vessels
-from limitr.data.synthetic.canvas import (
+from limitr.synthetic.anatomy import Anatomy, VesselTree, lateral_vessels
+from limitr.synthetic.canvas import (
     Stroke, ViewFrame, bezier, raster_segments, raster_strokes, smooth_noise, smoothstep, soften,
 )
 
