@@ -9,7 +9,6 @@ recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png ov
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,7 +26,6 @@ from stages.common import (
     resolve_device,
     section,
     stage_errors,
-    write_json,
 )
 
 METRIC_FILES = {
@@ -37,17 +35,6 @@ METRIC_FILES = {
     "grounding": "grounding.json",
     "probes": "probes.json",
 }
-
-
-def _json_ready(value: Any) -> Any:
-    """Drop private keys (``_curves``, ``_examples``) and turn NaN or infinity into null."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -128,6 +115,7 @@ def evaluate_stage(
         from limitr.eval.embed import load_model
         from limitr.eval.evaluate import EvalSettings, plan_tasks
         from limitr.eval.plots import draw_grounding_example, draw_message, slug, write_series_tsv
+        from limitr.eval.results import Skipped, to_json, write_json
 
         cfg = section(params, "evaluate")
         emb_dir = optional_path(override(embeddings, cfg, "embeddings", "data/embeddings"))
@@ -154,24 +142,24 @@ def evaluate_stage(
         results: dict = {}
         for task in plan_tasks(emb_dir, shards_dir, settings, truth_file):
             if task.skipped is not None or task.run is None:
-                results[task.name] = {"skipped": task.skipped}
+                results[task.name] = Skipped(task.skipped)
                 continue
             with progress_bar(task.total or None, f"evaluate {task.name}", unit="pair") as bar:
                 results[task.name] = task.run(net, bar.update)
 
         for name, file_name in METRIC_FILES.items():
-            write_json(metrics_dir / file_name, _json_ready(results[name]))
-        curves = results["retrieval"].get("_curves", {"k": []})
+            write_json(metrics_dir / file_name, results[name])
+        curves = getattr(results["retrieval"], "curves", None) or {"k": []}
         write_series_tsv(plots_dir / "recall_at_k.tsv", curves)
-        precision = results["class_retrieval"].get("_curves", {"k": [], "t2i": [], "i2t": []})
+        precision = getattr(results["class_retrieval"], "curves", None) or {"k": [], "t2i": [], "i2t": []}
         write_series_tsv(plots_dir / "precision_at_k.tsv", precision)
         with atomic_dir(plots_dir / "grounding") as tmp:
-            examples = results["grounding"].get("_examples")
+            examples = getattr(results["grounding"], "examples", None)
             if examples:
                 for category, example in examples.items():
                     draw_grounding_example(tmp / f"{slug(category)}.png", category, example)
             else:
-                reason = results["grounding"].get("skipped", "no grounding example")
+                reason = getattr(results["grounding"], "skipped", "no grounding example")
                 draw_message(tmp / "skipped.png", f"grounding skipped: {reason}")
 
-        print_table("evaluation", _summary_rows(results, f"block{block}"))
+        print_table("evaluation", _summary_rows({k: to_json(v) for k, v in results.items()}, f"block{block}"))

@@ -23,7 +23,7 @@ import math
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -44,13 +44,34 @@ class BadImage(Exception):
 
 @dataclass(frozen=True)
 class Geometry:
-    """Where an original image sits in its padded square (see the module docstring)."""
+    """How one original image became the model's input (all lengths in pixels).
+
+    The first five fields say where the original sits in its padded square (see the module
+    docstring; they are the schema's geometry columns). ``image_size`` (the padded square's
+    side) and ``crop_size`` (the side of the centre crop the model saw; equal to
+    ``image_size`` for no crop) complete it for maps over the crop; they are ``None`` where
+    only the square matters (preprocessing). See :meth:`with_crop`.
+    """
 
     orig_height: int
     orig_width: int
     scale: float
     pad_left: int
     pad_top: int
+    image_size: Optional[int] = None
+    crop_size: Optional[int] = None
+
+    @property
+    def crop_offset(self) -> int:
+        """Pixels of the padded square before the centre crop (on both axes)."""
+        if self.image_size is None or self.crop_size is None:
+            raise ValueError("this geometry has no crop: set image_size and crop_size (with_crop)")
+        return center_crop_offset(self.image_size, self.crop_size)
+
+    def with_crop(self, image_size: int, crop_size: int) -> "Geometry":
+        """The same placement, seen through the centre ``crop_size`` crop of the
+        ``image_size`` square."""
+        return replace(self, image_size=int(image_size), crop_size=int(crop_size))
 
     @property
     def resized_width(self) -> int:
@@ -86,6 +107,12 @@ class Geometry:
         padded square (e.g. the 224 center crop of a 256 square): the padding shifts."""
         return Geometry(self.orig_height, self.orig_width, self.scale,
                         self.pad_left - int(left), self.pad_top - int(top))
+
+
+def center_crop_offset(size: int, crop: int) -> int:
+    """Pixels before a centred ``crop`` in ``size`` (the evaluation crop; a random training
+    crop draws its offset instead)."""
+    return (int(size) - int(crop)) // 2
 
 
 def resized_length(length: int, scale: float) -> int:

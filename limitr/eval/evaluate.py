@@ -2,8 +2,9 @@
 
 Every score comes from the model's one ``similarity`` function (blockwise, see
 :mod:`limitr.eval.scoring`) or, for grounding, its ``grounding_maps``; the encoders never run.
-Each task returns its metrics as a JSON-ready dict; a task whose inputs are absent is
-planned as skipped with the reason, and the others still run.
+Each task returns a typed result (:mod:`limitr.eval.results`, written by its one
+``write_json``); a task whose inputs are absent is planned as skipped with the reason, and the
+others still run.
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ import torch
 from limitr.data.schema import CHEXPERT_LABELS, CLASS_RETRIEVAL_CLASSES
 from limitr.errors import LimitrError
 from limitr.eval import metrics as M
+from limitr.eval.grounding_task import grounding, grounding_total
 from limitr.eval.prompts import CLASS_PROMPTS, ZERO_SHOT_PROMPTS
-from limitr.eval.scoring import count, score_matrix, take
-from limitr.eval.store import align, has_embeddings, read_embeddings
+from limitr.eval.results import (
+    ClassRetrievalResult,
+    ProbesResult,
+    RerankResult,
+    RetrievalFigures,
+    RetrievalResult,
+    Skipped,
+    TaskResult,
+    ZeroShotResult,
+)
+from limitr.eval.scoring import score_matrix, take
+from limitr.eval.store import align, has_embeddings, read_embeddings, read_manifest
 from limitr.progress import ProgressFn
 
 
@@ -46,20 +58,12 @@ class EvalSettings:
 @dataclass
 class EvalTask:
     """One task: its name, a progress total (pairs scored or phrases mapped), and how to run
-    it or why it is skipped. ``run(model, progress)`` returns the task's metrics."""
+    it or why it is skipped. ``run(model, progress)`` returns the task's typed result."""
 
     name: str
     total: int
-    run: Optional[Callable[[object, ProgressFn], dict]] = None
+    run: Optional[Callable[[object, ProgressFn], TaskResult]] = None
     skipped: Optional[str] = None
-
-
-def read_manifest(embeddings: Path) -> dict:
-    """The embed stage's report.json (tables, counts and the image settings used)."""
-    path = Path(embeddings) / "report.json"
-    if not path.is_file():
-        raise LimitrError(f"{path} is missing: run the embed stage first (`dvc repro embed`)")
-    return json.loads(path.read_text())
 
 
 def _prompt_embeddings(embeddings: Path):
@@ -88,11 +92,9 @@ def _labels(table: pq.Table, keys: Sequence[int], key: str, names: Sequence[str]
 # --- image-text retrieval -------------------------------------------------------------
 
 
-def retrieval(model, embeddings: Path, settings: EvalSettings, progress: ProgressFn = None) -> dict:
-    """Full and block protocols, score components and the optional re-ranking.
-
-    Returns the retrieval.json dict plus ``"_curves"`` (recall-at-K series, not a metric).
-    """
+def retrieval(model, embeddings: Path, settings: EvalSettings, progress: ProgressFn = None) -> RetrievalResult:
+    """Full and block protocols, score components and the optional re-ranking, with the
+    recall-at-K curves for the plots."""
     img_keys, images = read_embeddings(Path(embeddings) / "test", "images")
     txt_keys, texts = read_embeddings(Path(embeddings) / "test", "texts")
     keys, img_rows, txt_rows = align(img_keys, txt_keys)
@@ -107,28 +109,34 @@ def retrieval(model, embeddings: Path, settings: EvalSettings, progress: Progres
     full["chance"] = M.chance_recalls(n)
     block = M.blockwise_retrieval(scores.total, settings.block_size)
     block["chance"] = M.chance_recalls(block["n_candidates"])
-    out: dict = {"full": full, f"block{settings.block_size}": block}
     components = {"global": scores.global_}
     if scores.local is not None:
         components["local"] = scores.local
-    out["by_score"] = {name: M.image_text_retrieval(mat) for name, mat in components.items()}
+    rerank = None
     if settings.rerank_top_k:
         # Derived from the full matrices already at hand: the same ranks as scoring the local
         # term for the global top-K only, without a second pass.
-        out["rerank"] = {
-            "rule": "global top-K re-ordered by the total score, the rest in global-score order",
-            **M.reranked_retrieval(scores.total, scores.global_, settings.rerank_top_k, settings.block_size),
-        }
+        found = M.reranked_retrieval(scores.total, scores.global_, settings.rerank_top_k, settings.block_size)
+        rerank = RerankResult(
+            rule="global top-K re-ordered by the total score, the rest in global-score order",
+            top_k=int(found.pop("top_k")),
+            protocols={name: RetrievalFigures.from_dict(v) for name, v in found.items()},
+        )
     max_k = min(settings.curve_max_k, n)
     block_i2t, block_t2i = _block_ranks(scores.total, settings.block_size)
-    out["_curves"] = {
-        "k": list(range(1, max_k + 1)),
-        "i2t": M.recall_curve(i2t, max_k).tolist(),
-        "t2i": M.recall_curve(t2i, max_k).tolist(),
-        f"i2t_block{settings.block_size}": M.recall_curve(block_i2t, max_k).tolist(),
-        f"t2i_block{settings.block_size}": M.recall_curve(block_t2i, max_k).tolist(),
-    }
-    return out
+    return RetrievalResult(
+        protocols={"full": RetrievalFigures.from_dict(full),
+                   f"block{settings.block_size}": RetrievalFigures.from_dict(block)},
+        by_score={name: RetrievalFigures.from_dict(M.image_text_retrieval(mat)) for name, mat in components.items()},
+        rerank=rerank,
+        curves={
+            "k": list(range(1, max_k + 1)),
+            "i2t": M.recall_curve(i2t, max_k).tolist(),
+            "t2i": M.recall_curve(t2i, max_k).tolist(),
+            f"i2t_block{settings.block_size}": M.recall_curve(block_i2t, max_k).tolist(),
+            f"t2i_block{settings.block_size}": M.recall_curve(block_t2i, max_k).tolist(),
+        },
+    )
 
 
 def _block_ranks(total: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +148,8 @@ def _block_ranks(total: torch.Tensor, block_size: int) -> tuple[torch.Tensor, to
 # --- class retrieval --------------------------------------------------------------------
 
 
-def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSettings, progress: ProgressFn = None) -> dict:
+def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSettings,
+                    progress: ProgressFn = None) -> ClassRetrievalResult:
     """Precision@K of the 5x200 table, text-to-image (class prompts) and image-to-text
     (the table's reports, where it has them)."""
     folder = Path(embeddings) / "class_retrieval"
@@ -153,23 +162,22 @@ def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSetting
     # A hit is an item labelled positive for the class; the row's own class counts too.
     positive = (labels == 1) | (np.asarray(item_class)[:, None] == np.asarray(classes)[None, :])
     paths = table.column("path").to_pylist()
-    out: dict = {
-        "source": "MIMIC-CXR 5x200" if paths and str(paths[0]).startswith("files/") else "CheXpert 5x200",
-        "n_images": int(len(img_keys)),
-        "n_per_class": {c: int(sum(1 for k in item_class if k == c)) for c in classes},
-    }
 
     prompts, prompt_texts = _prompt_embeddings(embeddings)
     s = score_matrix(model, images, prompt_texts, settings.score_block, settings.chunk, settings.device,
                      keep=(), progress=progress).total  # (n_images, n_prompts)
     per_class = torch.stack([s[:, _prompt_columns(prompts, CLASS_PROMPTS[c])].mean(1) for c in classes], 1)
-    out["t2i"] = M.class_precision(per_class.T, positive.T, classes, classes, settings.precision_ks)
     max_k = min(settings.curve_max_k, len(img_keys))
     curve = M.precision_at_k(per_class.T, positive.T, range(1, max_k + 1))
-    out["_curves"] = {"k": list(curve), "t2i": [float(v.mean()) for v in curve.values()]}
-
+    out = ClassRetrievalResult(
+        source="MIMIC-CXR 5x200" if paths and str(paths[0]).startswith("files/") else "CheXpert 5x200",
+        n_images=int(len(img_keys)),
+        n_per_class={c: int(sum(1 for k in item_class if k == c)) for c in classes},
+        t2i=M.class_precision(per_class.T, positive.T, classes, classes, settings.precision_ks),
+        i2t=Skipped("the class-retrieval table has no reports"),
+        curves={"k": list(curve), "t2i": [float(v.mean()) for v in curve.values()]},
+    )
     if not has_embeddings(folder, "texts"):
-        out["i2t"] = {"skipped": "the class-retrieval table has no reports"}
         return out
     txt_keys, texts = read_embeddings(folder, "texts")
     s = score_matrix(model, images, texts, settings.score_block, settings.chunk, settings.device,
@@ -179,10 +187,10 @@ def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSetting
     txt_positive = (txt_labels == 1) | (np.asarray(txt_class)[:, None] == np.asarray(classes)[None, :])
     col = {c: i for i, c in enumerate(classes)}
     relevant = txt_positive[:, [col[c] for c in item_class]].T  # (n_images, n_texts)
-    out["i2t"] = M.class_precision(s, relevant, item_class, classes, settings.precision_ks)
+    out.i2t = M.class_precision(s, relevant, item_class, classes, settings.precision_ks)
     curve = M.precision_at_k(s, relevant, range(1, min(settings.curve_max_k, len(txt_keys)) + 1))
-    out["_curves"]["i2t"] = [float(v.mean()) for v in curve.values()]
-    out["n_reports"] = int(len(txt_keys))
+    out.curves["i2t"] = [float(v.mean()) for v in curve.values()]
+    out.n_reports = int(len(txt_keys))
     return out
 
 
@@ -208,7 +216,7 @@ def test_prompt_scores(model, embeddings: Path, settings: EvalSettings, progress
 
 
 def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, progress: ProgressFn = None,
-              cache: Optional[dict] = None) -> dict:
+              cache: Optional[dict] = None) -> ZeroShotResult:
     """AUROC per CheXpert observation on the test split from positive and negative prompts."""
     img_keys, prompts, s = test_prompt_scores(model, embeddings, settings, progress, cache)
     names = [c for c in CHEXPERT_LABELS if c in ZERO_SHOT_PROMPTS]
@@ -229,15 +237,15 @@ def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, pro
         else:
             auroc[name] = result["auroc"]
     mean = float(np.mean(list(auroc.values()))) if auroc else None
-    return {"auroc": {"mean": mean, **auroc}, "n_images": int(len(img_keys)), "counts": counts,
-            "skipped_classes": skipped}
+    return ZeroShotResult(auroc={"mean": mean, **auroc}, n_images=int(len(img_keys)), counts=counts,
+                          skipped_classes=skipped)
 
 
 # --- ground-truth probes of the synthetic data -----------------------------------------------
 
 
 def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, progress: ProgressFn = None,
-           cache: Optional[dict] = None) -> dict:
+           cache: Optional[dict] = None) -> ProbesResult | Skipped:
     """Side, zone and effusion-size probes (:mod:`limitr.eval.probes`) on the test split."""
     from limitr.eval.probes import probe_metrics, read_ground_truth
 
@@ -245,9 +253,9 @@ def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, 
     img_keys, prompts, s = test_prompt_scores(model, embeddings, settings, progress, cache)  # zero-shot's, reused
     known = sum(1 for k in img_keys.tolist() if int(k) in truth)
     if known * 2 < len(img_keys):
-        return {"skipped": f"{ground_truth} describes {known} of the {len(img_keys)} test studies: it is not "
-                           "this data set's ground truth (set evaluate.ground_truth to null for real data)"}
-    return {"source": str(ground_truth), **probe_metrics(s, prompts, img_keys.tolist(), truth)}
+        return Skipped(f"{ground_truth} describes {known} of the {len(img_keys)} test studies: it is not "
+                       "this data set's ground truth (set evaluate.ground_truth to null for real data)")
+    return ProbesResult(source=str(ground_truth), **probe_metrics(s, prompts, img_keys.tolist(), truth))
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -257,8 +265,6 @@ def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
                ground_truth: Optional[Path] = None) -> list[EvalTask]:
     """The five tasks, in order, each runnable or skipped with its reason (the probes need
     the synthetic data's ``ground_truth``)."""
-    from limitr.eval.grounding_task import grounding, grounding_total
-
     embeddings, shards = Path(embeddings), Path(shards)
     manifest = read_manifest(embeddings)
     cache: dict = {}  # the test images against the prompts, shared by zero-shot and the probes

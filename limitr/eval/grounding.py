@@ -1,6 +1,6 @@
 """Phrase grounding: region-grid maps back to original pixels, and CNR, IoU and pointing game.
 
-Geometry (see limitr/data/schema.py): an original image of ``orig_height x orig_width``
+Geometry (:class:`limitr.data.images.Geometry`, see limitr/data/schema.py): an original image of ``orig_height x orig_width``
 pixels is resized by ``scale`` and zero-padded to an ``image_size`` square with ``pad_left``
 and ``pad_top`` pixels before it; the model then sees the centre ``crop_size`` square of that
 (possibly resized again, uniformly, to the encoder's input size, which changes nothing here)
@@ -28,33 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from limitr.data.images import Geometry
+from limitr.eval.results import GroundingFigures, ThresholdChoice
+
 #: Thresholds on the min-max normalised map at which IoU is measured.
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
-
-def center_crop_offset(size: int, crop: int) -> int:
-    """Pixels before a centred crop of ``crop`` in ``size``: the evaluation crop of the
-    training dataset (:func:`limitr.train.dataset.crop_offsets`), whose rule this must share."""
-    from limitr.train.dataset import crop_offsets
-
-    return crop_offsets(size, size, crop, None)[0]
-
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """How one original image became the model's input (all lengths in pixels)."""
-
-    orig_height: int
-    orig_width: int
-    scale: float  # resized = original * scale
-    pad_left: int
-    pad_top: int
-    image_size: int  # side of the padded square
-    crop_size: int  # side of the centre crop the model saw (== image_size for no crop)
-
-    @property
-    def crop_offset(self) -> int:
-        return center_crop_offset(self.image_size, self.crop_size)
+#: The headline mIoU's threshold when no validation phrase exists to choose it on: the middle
+#: of the normalised map's range, fixed before any result is seen.
+FIXED_THRESHOLD: float = 0.5
 
 
 def original_to_grid(coords: torch.Tensor, scale: float, pad: int, crop_offset: int, crop_size: int) -> torch.Tensor:
@@ -66,12 +48,13 @@ def original_to_grid(coords: torch.Tensor, scale: float, pad: int, crop_offset: 
 
 def map_to_original(
     grid_map: torch.Tensor,
-    geometry: ImageGeometry,
+    geometry: Geometry,
     mode: Literal["bilinear", "nearest"] = "bilinear",
 ) -> np.ndarray:
     """A region-grid map (h, w) over the crop -> (orig_height, orig_width) float32 in original
     pixels, NaN where the crop did not see the image. Bilinear sampling clamps to the outer
-    cells' values between the outermost cell centres and the crop edge."""
+    cells' values between the outermost cell centres and the crop edge. ``geometry`` must
+    carry its crop (:meth:`limitr.data.images.Geometry.with_crop`)."""
     g = geometry
     grid_map = grid_map.detach().to(torch.float32).cpu()
     if grid_map.ndim != 2:
@@ -184,48 +167,71 @@ def _nanmean(values: Sequence[float]) -> Optional[float]:
     return float(arr.mean()) if arr.size else None
 
 
+def choose_threshold(
+    scores: Sequence[PhraseScores],
+    thresholds: Sequence[float] = IOU_THRESHOLDS,
+    fixed: float = FIXED_THRESHOLD,
+) -> ThresholdChoice:
+    """The IoU threshold of the headline mIoU, chosen on ``scores``: the validation split's
+    phrases (never the phrases it will be averaged over). The threshold whose mean IoU over
+    them is highest (the lowest on ties); ``fixed`` when none has a defined IoU."""
+    ious = np.stack([s.iou for s in scores]) if scores else np.zeros((0, len(thresholds)))
+    defined = np.isfinite(ious).any(axis=0) if len(ious) else np.zeros(len(thresholds), dtype=bool)
+    if not defined.any():
+        return ThresholdChoice(value=float(fixed), chosen_on="fixed", n_phrases=0)
+    with np.errstate(invalid="ignore"):
+        column_means = np.array([_nanmean(ious[:, i]) if defined[i] else -np.inf for i in range(len(thresholds))],
+                                dtype=np.float64)
+    n = int(np.isfinite(ious).any(axis=1).sum())
+    return ThresholdChoice(value=float(thresholds[int(np.argmax(column_means))]), chosen_on="validation", n_phrases=n)
+
+
 def aggregate(
     scores: Sequence[PhraseScores],
     categories: Sequence[str],
     category_order: Sequence[str],
     thresholds: Sequence[float] = IOU_THRESHOLDS,
-) -> dict:
-    """Per-category and mean figures over phrases.
+    threshold: Optional[ThresholdChoice] = None,
+    held_out: Optional[Sequence[bool]] = None,
+) -> GroundingFigures:
+    """Per-category and mean figures over phrases (see :class:`GroundingFigures`).
 
-    Returns ``{"cnr", "miou", "miou_best", "pointing_game", "pointing_game_chance"}``, each
-    ``{"mean", <category>...}``
-    (``mean`` is the unweighted mean of the categories present, as MS-CXR results are
-    reported), plus ``best_threshold``, ``thresholds``, ``n_phrases`` per category and
-    ``n_undefined`` (phrases whose CNR or IoU was undefined, left out of the means).
-    ``miou``: a phrase's IoU averaged over the thresholds; ``miou_best``: IoU at the one
-    threshold that maximises the mean IoU over all phrases. ``pointing_game_chance``: the
-    pointing game of a map whose peak falls on a uniformly random valid pixel (the boxes'
-    share of the image).
+    Each figure is ``{"mean", <category>...}``, ``mean`` the unweighted mean of the
+    categories present. ``miou``: IoU at ``threshold`` (default: the fixed one), averaged over
+    the phrases not ``held_out`` (those the threshold was chosen on); ``miou_over_thresholds``:
+    a phrase's IoU averaged over the thresholds, over every phrase.
+    ``pointing_game_chance``: the pointing game of a map whose peak falls on a uniformly random
+    valid pixel (the boxes' share of the image). ``n_undefined``: phrases whose CNR or IoU was
+    undefined, left out of the means.
     """
+    threshold = threshold or ThresholdChoice(value=FIXED_THRESHOLD, chosen_on="fixed", n_phrases=0)
+    at = [i for i, t in enumerate(thresholds) if math.isclose(float(t), threshold.value)]
+    if not at:
+        raise ValueError(f"threshold {threshold.value} is not one of {list(thresholds)}")
     cats = np.asarray(list(categories))
-    ious = np.stack([s.iou for s in scores]) if scores else np.zeros((0, len(thresholds)))
-    with np.errstate(invalid="ignore"):
-        column_means = np.array([_nanmean(ious[:, i]) or 0.0 for i in range(len(thresholds))])
-    best = int(np.argmax(column_means)) if len(thresholds) else 0
+    kept = np.ones(len(scores), dtype=bool) if held_out is None else ~np.asarray(held_out, dtype=bool)
     present = [c for c in category_order if (cats == c).any()]
-    names = ("cnr", "miou", "miou_best", "pointing_game", "pointing_game_chance")
+    names = ("cnr", "miou", "miou_over_thresholds", "pointing_game", "pointing_game_chance")
     out: dict = {name: {} for name in names}
     counts: dict[str, int] = {}
     for c in present:
         sel = np.flatnonzero(cats == c)
         counts[c] = int(sel.size)
         out["cnr"][c] = _nanmean([scores[i].cnr for i in sel])
-        out["miou"][c] = _nanmean([np.nanmean(scores[i].iou) if np.isfinite(scores[i].iou).any() else np.nan for i in sel])
-        out["miou_best"][c] = _nanmean([scores[i].iou[best] for i in sel])
+        out["miou"][c] = _nanmean([scores[i].iou[at[0]] for i in sel if kept[i]])
+        out["miou_over_thresholds"][c] = _nanmean(
+            [np.nanmean(scores[i].iou) if np.isfinite(scores[i].iou).any() else np.nan for i in sel])
         out["pointing_game"][c] = _nanmean([scores[i].pointing for i in sel])
         out["pointing_game_chance"][c] = _nanmean([scores[i].box_share for i in sel])
     for name in names:
         out[name] = {"mean": _nanmean([v for v in out[name].values() if v is not None]), **out[name]}
-    out["best_threshold"] = float(thresholds[best]) if len(thresholds) else None
-    out["thresholds"] = [float(t) for t in thresholds]
-    out["n_phrases"] = {"total": int(len(scores)), **counts}
-    out["n_undefined"] = int(sum(1 for s in scores if not np.isfinite(s.cnr) or not np.isfinite(s.iou).all()))
-    return out
+    return GroundingFigures(
+        **out,
+        miou_threshold=threshold,
+        thresholds=[float(t) for t in thresholds],
+        n_phrases={"total": int(len(scores)), **counts},
+        n_undefined=int(sum(1 for s in scores if not np.isfinite(s.cnr) or not np.isfinite(s.iou).all())),
+    )
 
 
 def at_least_tail(probs: Sequence[float], hits: int) -> float:

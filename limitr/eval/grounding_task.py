@@ -24,26 +24,32 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from limitr.data.images import Geometry
 from limitr.data.schema import MS_CXR_CATEGORIES
 from limitr.errors import LimitrError
 from limitr.eval import grounding as G
+from limitr.eval.results import GroundingExample, GroundingResult, MapResult, PriorFigures
 from limitr.eval.scoring import take
-from limitr.eval.store import align, read_embeddings
+from limitr.eval.store import align, read_embeddings, read_manifest
 from limitr.progress import ProgressFn, advance
 
 MAP_KINDS: tuple[str, ...] = ("attention", "cosine")
+MAP_NAMES: dict[str, str] = {"attention": "word_to_region_attention", "cosine": "patch_to_phrase_cosine"}
 _GEOMETRY = ("orig_height", "orig_width", "scale", "pad_left", "pad_top")
 
 
 def grounding_total(embeddings: Path) -> int:
     """Phrases the grounding task will map (for a progress total)."""
-    from limitr.eval.evaluate import read_manifest
-
     return int(read_manifest(embeddings).get("tables", {}).get("grounding", {}).get("images", 0))
+
+
+def validation_studies(shards: Path) -> set[int]:
+    """Study ids of the validation split's shards (empty when it has none)."""
+    files = sorted((Path(shards) / "validate").glob("part-*.parquet"))
+    return {int(k) for f in files for k in pq.read_table(f, columns=["study_id"]).column("study_id").to_pylist()}
 
 
 def _png_side(data: bytes) -> int:
@@ -56,10 +62,23 @@ def _png_side(data: bytes) -> int:
     return int(width)
 
 
-def _prior_figures(scores, categories, order, thresholds) -> dict:
-    """The figures of a prior map: CNR, mIoU (over thresholds and at its own best one), pointing."""
-    full = G.aggregate(scores, categories, order, thresholds)
-    return {k: full[k] for k in ("cnr", "miou", "miou_best", "pointing_game")}
+def _map_result(kind: str, scores, prior_scores, categories, order, thresholds, validation) -> MapResult:
+    """One map kind's figures, its prior's and their significance. The headline mIoU's
+    threshold is chosen on the ``validation`` phrases and averaged over the others; the
+    prior chooses its own in the same way."""
+
+    def figures(phrase_scores):
+        choice = G.choose_threshold([s for s, v in zip(phrase_scores, validation) if v], thresholds)
+        return G.aggregate(phrase_scores, categories, order, thresholds, choice, validation)
+
+    prior = figures(prior_scores)
+    return MapResult(
+        map=MAP_NAMES[kind],
+        figures=figures(scores),
+        prior=PriorFigures(map=f"mean_{kind}_map", cnr=prior.cnr, miou=prior.miou,
+                           miou_over_thresholds=prior.miou_over_thresholds, pointing_game=prior.pointing_game),
+        significance=G.significance(scores, prior_scores),
+    )
 
 
 @torch.no_grad()
@@ -91,12 +110,12 @@ def grounding(
     settings,
     progress: ProgressFn = None,
     thresholds: Sequence[float] = G.IOU_THRESHOLDS,
-) -> dict:
-    """grounding.json's dict: the attention map's figures at the top level (``cnr``, ``miou``,
-    ``miou_best``, ``pointing_game``, per category and mean), the cosine map's under
-    ``cosine``; each with its ``prior``'s figures and the ``significance`` of its pointing game
-    against chance and against that prior (:func:`limitr.eval.grounding.significance`); plus
-    ``"_examples"`` (one phrase per category for the figures, not a metric)."""
+) -> GroundingResult:
+    """The grounding figures of the attention and cosine maps, each with its prior's and the
+    ``significance`` of its pointing game against chance and against that prior
+    (:func:`limitr.eval.grounding.significance`); ``examples``: one phrase per category for
+    the figures. The headline mIoU's threshold is chosen on the phrases whose study is in the
+    validation split (a fixed one when there is none) and those phrases are left out of it."""
     folder = Path(embeddings) / "grounding"
     img_keys, images = read_embeddings(folder, "images")
     txt_keys, texts = read_embeddings(folder, "texts")
@@ -108,7 +127,7 @@ def grounding(
     if crop <= 0:
         raise LimitrError("the embeddings report does not give the crop size: re-run the embed stage")
 
-    columns = ["phrase_id", "category_name", "label_text", "boxes", "image", *_GEOMETRY]
+    columns = ["phrase_id", "study_id", "category_name", "label_text", "boxes", "image", *_GEOMETRY]
     table = pq.read_table(Path(shards) / "grounding.parquet", columns=columns)
     row_of = {int(k): i for i, k in enumerate(table.column("phrase_id").to_pylist())}
     missing = [int(k) for k in keys if int(k) not in row_of]
@@ -117,6 +136,8 @@ def grounding(
     rows = [row_of[int(k)] for k in keys]
     cols = {name: table.column(name).to_pylist() for name in columns if name != "image"}
     image_col = table.column("image")
+    in_validation = validation_studies(shards)
+    validation = [cols["study_id"][r] is not None and int(cols["study_id"][r]) in in_validation for r in rows]
 
     attention, cosine = phrase_maps(model, images, texts, settings.score_block, settings.device)
     priors = {"attention": attention.mean(0), "cosine": cosine.mean(0)}
@@ -125,18 +146,10 @@ def grounding(
     example_rows = set(examples.values())
     scores: dict[str, list[G.PhraseScores]] = {kind: [] for kind in MAP_KINDS}
     prior_scores: dict[str, list[G.PhraseScores]] = {kind: [] for kind in MAP_KINDS}
-    figures: dict[str, dict] = {}
+    figures: dict[str, GroundingExample] = {}
     for i, r in enumerate(rows):
         image_bytes = image_col[r].as_py()
-        geometry = G.ImageGeometry(
-            orig_height=int(cols["orig_height"][r]),
-            orig_width=int(cols["orig_width"][r]),
-            scale=float(cols["scale"][r]),
-            pad_left=int(cols["pad_left"][r]),
-            pad_top=int(cols["pad_top"][r]),
-            image_size=_png_side(image_bytes),
-            crop_size=crop,
-        )
+        geometry = Geometry.from_row({name: cols[name][r] for name in _GEOMETRY}).with_crop(_png_side(image_bytes), crop)
         boxes = cols["boxes"][r]
         maps = {"attention": attention[i], "cosine": cosine[i]}
         original = {kind: G.map_to_original(m, geometry) for kind, m in maps.items()}
@@ -145,20 +158,12 @@ def grounding(
             scores[kind].append(G.score_phrase(original[kind], boxes, thresholds))
             prior_scores[kind].append(G.score_phrase(prior_original[kind], boxes, thresholds))
         if i in example_rows:
-            figures[categories[i]] = {
-                "phrase_id": int(keys[i]),
-                "text": cols["label_text"][r],
-                "boxes": boxes,
-                "image": image_bytes,
-                "geometry": geometry,
-                "maps": {**original, "attention prior (mean map)": prior_original["attention"]},
-            }
+            figures[categories[i]] = GroundingExample(
+                phrase_id=int(keys[i]), text=cols["label_text"][r], boxes=boxes, image=image_bytes,
+                geometry=geometry, maps={**original, "attention prior (mean map)": prior_original["attention"]})
         advance(progress, 1)
     order = list(MS_CXR_CATEGORIES) + sorted(set(categories) - set(MS_CXR_CATEGORIES))
-    out = {"map": "word_to_region_attention", **G.aggregate(scores["attention"], categories, order, thresholds)}
-    out["cosine"] = {"map": "patch_to_phrase_cosine", **G.aggregate(scores["cosine"], categories, order, thresholds)}
-    for kind, entry in (("attention", out), ("cosine", out["cosine"])):
-        entry["prior"] = {"map": f"mean_{kind}_map", **_prior_figures(prior_scores[kind], categories, order, thresholds)}
-        entry["significance"] = G.significance(scores[kind], prior_scores[kind])
-    out["_examples"] = {c: figures[c] for c in order if c in figures}
-    return out
+    results = {kind: _map_result(kind, scores[kind], prior_scores[kind], categories, order, thresholds, validation)
+               for kind in MAP_KINDS}
+    return GroundingResult(attention=results["attention"], cosine=results["cosine"],
+                           examples={c: figures[c] for c in order if c in figures})

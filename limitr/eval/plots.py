@@ -46,32 +46,51 @@ def _unpadded_image(png: bytes, geometry) -> np.ndarray:
     return pixels[geometry.pad_top : geometry.pad_top + height, geometry.pad_left : geometry.pad_left + width]
 
 
-def draw_grounding_example(path: Path, category: str, example: Mapping) -> None:
-    """One PNG: the image with each grounding map over it (original pixel axes) and the
-    phrase's boxes drawn; pixels the crop did not see are left uncoloured."""
+def draw_grounding_example(path: Path, category: str, example) -> None:
+    """One PNG per phrase: the image with each grounding map over it (original pixel axes),
+    the phrase as the title and the category under it.
+
+    Every map is min-max normalised over the pixels the crop saw, the scale on which the IoU
+    thresholds are applied, and all panels share that one colour scale, shown by one
+    colourbar; pixels the crop did not see are left uncoloured. The ground-truth boxes are
+    drawn in every panel and labelled.
+
+    example: a :class:`limitr.eval.results.GroundingExample`.
+    """
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    geometry = example["geometry"]
-    image = _unpadded_image(example["image"], geometry)
+    from limitr.eval.grounding import normalise
+
+    geometry = example.geometry
+    image = _unpadded_image(example.image, geometry)
     extent = (0, geometry.orig_width, geometry.orig_height, 0)
-    maps = example["maps"]
-    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4.6), dpi=100, squeeze=False)
+    maps = example.maps
+    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps) + 0.8, 5.0), dpi=100, squeeze=False)
+    shown = None
     for ax, (kind, values) in zip(axes[0], maps.items()):
         ax.imshow(image, cmap="gray", extent=extent, interpolation="bilinear")
-        shown = np.ma.masked_invalid(values)
-        ax.imshow(shown, cmap="jet", alpha=0.45, extent=extent, interpolation="nearest")
-        for x, y, w, h in example["boxes"]:
+        shown = ax.imshow(np.ma.masked_invalid(normalise(np.asarray(values, dtype=np.float64))), cmap="jet",
+                          vmin=0.0, vmax=1.0, alpha=0.45, extent=extent, interpolation="nearest")
+        for j, (x, y, w, h) in enumerate(example.boxes):
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=2))
+            label = "ground truth" if len(example.boxes) == 1 else f"ground truth {j + 1}"
+            ax.text(x, y, label, color="black", fontsize=8, va="bottom", ha="left",
+                    bbox={"facecolor": "lime", "edgecolor": "none", "pad": 1.5})
         ax.set_title(kind, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    text = str(example.get("text", ""))
-    fig.suptitle(f"{category}: {text[:70]}{'...' if len(text) > 70 else ''}", fontsize=10)
-    fig.tight_layout()
+    text = str(example.text)
+    fig.suptitle("\n".join(textwrap.wrap(f"\u201c{text}\u201d", 80)[:3]) + f"\n({category})", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    cax = fig.add_axes((0.93, 0.15, 0.015, 0.65))
+    bar = fig.colorbar(shown, cax=cax)
+    bar.set_label("map, min-max normalised (the IoU thresholds' scale)", fontsize=8)
     _save(fig, path)
     plt.close(fig)
 

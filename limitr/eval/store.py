@@ -14,6 +14,7 @@ Reading pads every file's ``local`` to the longest and concatenates, in file ord
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Union
 
@@ -128,7 +129,7 @@ def read_embeddings(folder: Path, kind: str) -> tuple[torch.Tensor, Embeddings]:
 
     files = embedding_files(folder, kind)
     if not files:
-        raise LimitrError(f"no {kind} embeddings in {folder}: run the embed stage first (`dvc repro embed`)")
+        raise LimitrError(f"no {kind} embeddings in {folder}: run the embed stage first")
     keys, globs, locals_, masks = [], [], [], []
     grid: Optional[tuple[int, int]] = None
     for path in files:
@@ -174,3 +175,15 @@ def _first_rows(keys: torch.Tensor) -> dict[int, int]:
     for row, key in enumerate(keys.tolist()):
         first.setdefault(int(key), row)
     return first
+
+
+def read_manifest(embeddings: Path) -> dict:
+    """The embed stage's report.json next to the saved tables (tables, counts and the image
+    settings used)."""
+    path = Path(embeddings) / "report.json"
+    if not path.is_file():
+        raise LimitrError(f"{path} is missing: the embeddings folder was not written by the embed stage")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LimitrError(f"{path} is not valid JSON ({exc}): write the embeddings again") from exc

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from limitr.data.images import Geometry, center_crop_offset
 from limitr.eval import grounding as G
+from limitr.eval.results import ThresholdChoice, to_json
 
 
-def brute_nearest_map(grid: np.ndarray, geo: G.ImageGeometry) -> np.ndarray:
+def brute_nearest_map(grid: np.ndarray, geo: Geometry) -> np.ndarray:
     """Each original pixel, walked forward through resize, padding and crop, reads its cell."""
     h, w = grid.shape
-    off = G.center_crop_offset(geo.image_size, geo.crop_size)
+    off = center_crop_offset(geo.image_size, geo.crop_size)
     out = np.full((geo.orig_height, geo.orig_width), np.nan)
     for y in range(geo.orig_height):
         for x in range(geo.orig_width):
@@ -27,16 +29,16 @@ def brute_nearest_map(grid: np.ndarray, geo: G.ImageGeometry) -> np.ndarray:
 
 GEOMETRIES = {
     # tall image: padded left and right, the left pad given
-    "pad_left_and_right": (G.ImageGeometry(40, 20, 0.25, 2, 0, 10, 10), (10, 10)),
+    "pad_left_and_right": (Geometry(40, 20, 0.25, 2, 0, 10, 10), (10, 10)),
     # tall image padded on the right only
-    "pad_right_only": (G.ImageGeometry(40, 20, 0.25, 0, 0, 10, 10), (10, 10)),
+    "pad_right_only": (Geometry(40, 20, 0.25, 0, 0, 10, 10), (10, 10)),
     # wide image: padded above and below
-    "pad_top_and_bottom": (G.ImageGeometry(20, 40, 0.25, 0, 3, 10, 10), (10, 10)),
+    "pad_top_and_bottom": (Geometry(20, 40, 0.25, 0, 3, 10, 10), (10, 10)),
     # wide image padded below only, coarse grid
-    "pad_bottom_only": (G.ImageGeometry(20, 40, 0.25, 0, 0, 10, 10), (5, 5)),
+    "pad_bottom_only": (Geometry(20, 40, 0.25, 0, 0, 10, 10), (5, 5)),
     # a centre crop cuts the image: pixels outside it are NaN
-    "cropped": (G.ImageGeometry(48, 24, 0.25, 3, 0, 12, 8), (4, 4)),
-    "cropped_wide": (G.ImageGeometry(24, 48, 0.25, 0, 3, 12, 8), (2, 4)),
+    "cropped": (Geometry(48, 24, 0.25, 3, 0, 12, 8), (4, 4)),
+    "cropped_wide": (Geometry(24, 48, 0.25, 0, 3, 12, 8), (2, 4)),
 }
 
 
@@ -56,18 +58,18 @@ def test_map_back_padding_side_decides_the_columns() -> None:
     grid = np.zeros((10, 10), dtype=np.float32)
     grid[:, 4] = 1.0  # resized column 4
     for pad_left, original_cols in ((2, range(8, 12)), (0, range(16, 20))):
-        geo = G.ImageGeometry(40, 20, 0.25, pad_left, 0, 10, 10)
+        geo = Geometry(40, 20, 0.25, pad_left, 0, 10, 10)
         got = G.map_to_original(torch.from_numpy(grid), geo, mode="nearest")
         bright = np.flatnonzero(got[0] == 1.0)
         assert bright.tolist() == list(original_cols)
 
 
 def test_map_back_bilinear_reproduces_a_linear_ramp() -> None:
-    geo = G.ImageGeometry(orig_height=37, orig_width=53, scale=0.4, pad_left=0, pad_top=7, image_size=22, crop_size=18)
+    geo = Geometry(orig_height=37, orig_width=53, scale=0.4, pad_left=0, pad_top=7, image_size=22, crop_size=18)
     h, w = 6, 9
     ramp = torch.arange(w, dtype=torch.float32).repeat(h, 1)  # value = column index of the cell
     got = G.map_to_original(ramp, geo)
-    off = G.center_crop_offset(geo.image_size, geo.crop_size)
+    off = center_crop_offset(geo.image_size, geo.crop_size)
     for x in range(geo.orig_width):
         u = (x + 0.5) * geo.scale + geo.pad_left - off
         col = got[:, x]
@@ -126,7 +128,7 @@ def test_box_share_ignores_invalid_pixels() -> None:
     assert out.box_share == pytest.approx(1 / 3)
     scores = [G.PhraseScores(0.0, np.array([0.0]), 0.0, 0.2), G.PhraseScores(0.0, np.array([0.0]), 1.0, 0.4)]
     agg = G.aggregate(scores, ["A", "B"], ["A", "B"], thresholds=(0.5,))
-    assert agg["pointing_game_chance"] == {"mean": pytest.approx(0.3), "A": 0.2, "B": 0.4}
+    assert agg.pointing_game_chance == {"mean": pytest.approx(0.3), "A": 0.2, "B": 0.4}
 
 
 def test_pointing_game_ties_are_pessimistic_and_nan_ignored() -> None:
@@ -145,21 +147,53 @@ def test_aggregate_per_category_and_mean() -> None:
         G.PhraseScores(-1.0, np.array([0.0]), 0.0),
         G.PhraseScores(float("nan"), np.array([0.2]), 1.0),
     ]
-    out = G.aggregate(scores, ["A", "A", "B", "B"], ["B", "A", "C"], thresholds=t)
+    out = to_json(G.aggregate(scores, ["A", "A", "B", "B"], ["B", "A", "C"], thresholds=t))
     assert out["cnr"] == {"mean": pytest.approx(0.5), "B": -1.0, "A": 2.0}
     assert out["miou"]["A"] == pytest.approx(0.75) and out["miou"]["B"] == pytest.approx(0.1)
+    assert out["miou_over_thresholds"] == out["miou"]  # one threshold: the same figure
     assert out["pointing_game"] == {"mean": 0.5, "B": 0.5, "A": 0.5}
     assert out["pointing_game_chance"]["mean"] is None  # shares not given: NaN, left out
     assert out["n_phrases"] == {"total": 4, "B": 2, "A": 2}
     assert out["n_undefined"] == 1
-    assert out["best_threshold"] == 0.5
+    assert out["miou_threshold"] == {"value": 0.5, "chosen_on": "fixed", "n_phrases": 0}
 
 
-def test_best_threshold_maximises_mean_iou() -> None:
+def test_miou_is_at_the_given_threshold_and_mean_over_thresholds_apart() -> None:
     scores = [G.PhraseScores(0.0, np.array([0.1, 0.6, 0.3]), 1.0), G.PhraseScores(0.0, np.array([0.2, 0.4, 0.9]), 1.0)]
-    out = G.aggregate(scores, ["A", "B"], ["A", "B"], thresholds=(0.1, 0.5, 0.9))
-    assert out["best_threshold"] == 0.9  # column means 0.15, 0.5, 0.6
-    assert out["miou_best"] == {"mean": pytest.approx(0.6), "A": 0.3, "B": 0.9}
+    choice = ThresholdChoice(value=0.9, chosen_on="validation", n_phrases=3)
+    out = G.aggregate(scores, ["A", "B"], ["A", "B"], thresholds=(0.1, 0.5, 0.9), threshold=choice)
+    assert out.miou == {"mean": pytest.approx(0.6), "A": 0.3, "B": 0.9}
+    assert out.miou_over_thresholds == {"mean": pytest.approx(2.5 / 6), "A": pytest.approx(1.0 / 3), "B": pytest.approx(0.5)}
+    assert out.miou_threshold is choice
+    with pytest.raises(ValueError):
+        G.aggregate(scores, ["A", "B"], ["A", "B"], thresholds=(0.1, 0.5), threshold=choice)
+
+
+def test_choose_threshold_maximises_the_validation_phrases_mean_iou() -> None:
+    validation = [G.PhraseScores(0.0, np.array([0.1, 0.6, 0.3]), 1.0),
+                  G.PhraseScores(0.0, np.array([0.2, 0.4, 0.9]), 1.0)]
+    choice = G.choose_threshold(validation, (0.1, 0.5, 0.9))  # column means 0.15, 0.5, 0.6
+    assert (choice.value, choice.chosen_on, choice.n_phrases) == (0.9, "validation", 2)
+    tied = [G.PhraseScores(0.0, np.array([0.4, 0.4, 0.1]), 1.0)]
+    assert G.choose_threshold(tied, (0.1, 0.5, 0.9)).value == 0.1  # the lowest of equal means
+    undefined = [G.PhraseScores(0.0, np.full(3, np.nan), 1.0)]
+    for phrases in ([], undefined):
+        fixed = G.choose_threshold(phrases, (0.1, 0.5, 0.9))
+        assert (fixed.value, fixed.chosen_on, fixed.n_phrases) == (G.FIXED_THRESHOLD, "fixed", 0)
+
+
+def test_held_out_phrases_leave_only_the_miou() -> None:
+    """The phrases a threshold is chosen on are left out of its mIoU, and of nothing else."""
+    scores = [G.PhraseScores(1.0, np.array([0.9, 0.1]), 1.0), G.PhraseScores(2.0, np.array([0.1, 0.3]), 0.0),
+              G.PhraseScores(3.0, np.array([0.5, 0.7]), 1.0)]
+    choice = G.choose_threshold(scores[:1], (0.2, 0.8))
+    assert choice.value == 0.2
+    out = G.aggregate(scores, ["A", "A", "B"], ["A", "B"], (0.2, 0.8), choice, held_out=[True, False, False])
+    everything = G.aggregate(scores, ["A", "A", "B"], ["A", "B"], (0.2, 0.8), choice)
+    assert out.miou == {"mean": pytest.approx(0.3), "A": pytest.approx(0.1), "B": pytest.approx(0.5)}
+    assert everything.miou["A"] == pytest.approx(0.5)
+    for name in ("cnr", "miou_over_thresholds", "pointing_game", "n_phrases"):
+        assert getattr(out, name) == getattr(everything, name)
 
 
 def test_word_attention_and_cosine_maps_match_loops() -> None:
@@ -191,7 +225,7 @@ def test_crop_offset_is_the_datasets_centre_crop(size: int, crop: int) -> None:
 
     image = np.arange(size * size).reshape(size, size)
     top, left = crop_offsets(size, size, crop, None)
-    off = G.center_crop_offset(size, crop)
+    off = center_crop_offset(size, crop)
     np.testing.assert_array_equal(image[off : off + crop, off : off + crop], image[top : top + crop, left : left + crop])
 
 

@@ -117,12 +117,12 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
     assert "probe side / zone accuracy" in result.output
 
     gr = json.loads((metrics / "grounding.json").read_text())
-    for name in ("cnr", "miou", "miou_best", "pointing_game"):
+    for name in ("cnr", "miou", "miou_over_thresholds", "pointing_game"):
         assert set(gr[name]) == {"mean", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax"}
         assert name in gr["cosine"]
     assert gr["n_phrases"]["total"] == 5 and gr["n_phrases"]["Pleural Effusion"] == 2
     for entry in (gr, gr["cosine"]):
-        assert set(entry["prior"]) == {"map", "cnr", "miou", "miou_best", "pointing_game"}
+        assert set(entry["prior"]) == {"map", "cnr", "miou", "miou_over_thresholds", "pointing_game"}
         assert set(entry["prior"]["pointing_game"]) == set(entry["pointing_game"])
         sig = entry["significance"]
         assert sig["phrases"] == 5 and sig["map_only"] + sig["prior_only"] <= 5
@@ -199,7 +199,8 @@ def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
     import pyarrow.parquet as pq
 
     from limitr.eval import grounding as G
-    from limitr.eval.evaluate import read_manifest
+    from limitr.data.images import Geometry
+    from limitr.eval.store import read_manifest
     from limitr.eval.grounding_task import _png_side, phrase_maps
     from limitr.eval.scoring import take
     from limitr.eval.store import align
@@ -215,7 +216,7 @@ def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
     per_category: dict[str, list] = {}
     for key in keys.tolist():
         row = by_id[int(key)]
-        geometry = G.ImageGeometry(orig_height=row["orig_height"], orig_width=row["orig_width"], scale=row["scale"],
+        geometry = Geometry(orig_height=row["orig_height"], orig_width=row["orig_width"], scale=row["scale"],
                                    pad_left=row["pad_left"], pad_top=row["pad_top"],
                                    image_size=_png_side(row["image"]), crop_size=crop)
         score = G.score_phrase(G.map_to_original(attention.mean(0), geometry), row["boxes"])
@@ -227,7 +228,7 @@ def test_grounding_prior_scores_as_a_map_that_ignores_phrase_and_image(
     monkeypatch.setattr(stubbed, "grounding_maps", fixed_maps)
     invoke("evaluate", "--params", str(params))
     gr = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
-    for name in ("cnr", "miou", "miou_best", "pointing_game"):
+    for name in ("cnr", "miou", "miou_over_thresholds", "pointing_game"):
         assert gr["prior"][name].keys() == gr[name].keys()
         for key, value in gr[name].items():
             assert gr["prior"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
@@ -254,3 +255,41 @@ def test_stages_with_the_real_model(tmp_path: Path) -> None:
     gr = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
     assert np.isfinite(gr["pointing_game"]["mean"])
     assert gr["map"] == "word_to_region_attention"
+
+
+def test_grounding_miou_threshold_is_chosen_on_validation_phrases(tmp_path: Path, stubbed: StubModel) -> None:
+    """Phrases whose study is in the validation split choose the headline mIoU's threshold and
+    are left out of that mIoU; every other grounding figure still covers all phrases."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from limitr.eval import grounding as G
+
+    write_tables(tmp_path)
+    params = write_params(tmp_path)
+    invoke("embed", "--params", str(params))
+    invoke("evaluate", "--params", str(params))
+    before = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
+    assert before["miou_threshold"] == {"value": G.FIXED_THRESHOLD, "chosen_on": "fixed", "n_phrases": 0}
+
+    path = tmp_path / "shards" / "grounding.parquet"
+    table = pq.read_table(path)
+    study = [60000000 if i in (0, 3) else None for i in range(table.num_rows)]
+    table = table.set_column(table.schema.get_field_index("study_id"), "study_id", pa.array(study, pa.int64()))
+    pq.write_table(table, path)
+    (tmp_path / "shards" / "validate").mkdir()
+    pq.write_table(pa.table({"study_id": pa.array([60000000], pa.int64())}), tmp_path / "shards" / "validate" / "part-00000.parquet")
+    invoke("evaluate", "--params", str(params))
+    after = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
+
+    for entry_before, entry_after in ((before, after), (before["cosine"], after["cosine"])):
+        choice = entry_after["miou_threshold"]
+        assert choice["chosen_on"] == "validation" and choice["n_phrases"] == 2
+        assert choice["value"] in entry_after["thresholds"]
+        for name in ("cnr", "miou_over_thresholds", "pointing_game", "pointing_game_chance", "n_phrases"):
+            assert entry_after[name] == entry_before[name]
+        assert entry_after["significance"] == entry_before["significance"]
+    # Phrase 3 is the only Pneumothorax phrase: none is left to average; phrase 0 leaves phrase 2.
+    assert table.column("category_name").to_pylist()[3] == "Pneumothorax"
+    assert after["miou"]["Pneumothorax"] is None and after["miou"]["Pleural Effusion"] is not None
+    assert before["miou"]["Pneumothorax"] is not None
