@@ -2,8 +2,9 @@
 
 Reads the ``evaluate`` and ``base`` sections. Writes into ``--metrics`` (default metrics/):
 retrieval.json, class_retrieval.json, zero_shot.json, grounding.json and probes.json (the
-synthetic data's side, zone and effusion-size probes; a task without its table or ground
-truth writes ``{"skipped": reason}``), and into ``--plots`` (default metrics/plots/):
+synthetic data's side, zone and effusion-size probes), each task's typed result
+(:mod:`limitr.eval.results`); a task without its table or ground truth writes
+``{"skipped": reason}``. Into ``--plots`` (default metrics/plots/):
 recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png overlays.
 """
 
@@ -73,6 +74,10 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
             rows.append((f"grounding {prefix} CNR / mIoU / pointing",
                          " / ".join(_fmt(entry[m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))
                          + f"  (pointing chance {_fmt(entry.get('pointing_game_chance', {}).get('mean'), 3)})"))
+            choice = entry.get("miou_threshold", {})
+            rows.append(("  mIoU threshold", f"{choice.get('value')} ({choice.get('chosen_on')}"
+                         + (f", {choice.get('n_phrases')} validation phrases)" if choice.get("n_phrases") else ")")
+                         + f"; mean over thresholds {_fmt(entry.get('miou_over_thresholds', {}).get('mean'), 3)}"))
         if "cnr" in entry.get("prior", {}):
             rows.append(("  its prior map CNR / mIoU / pointing",
                          " / ".join(_fmt(entry["prior"][m]["mean"], 3) for m in ("cnr", "miou", "pointing_game"))

@@ -162,13 +162,6 @@ def iter_batches(shards: Path, split: str, columns: Optional[Sequence[str]] = No
         yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
 
 
-def iter_rows(shards: Path, split: str, columns: Optional[Sequence[str]] = None,
-              batch_size: int = 256) -> Iterator[dict[str, Any]]:
-    """Rows of a split as dicts, in shard order."""
-    for batch in iter_batches(shards, split, columns, batch_size):
-        yield from batch.to_pylist()
-
-
 def read_split(shards: Path, split: str, columns: Optional[Sequence[str]] = None,
                schema: Optional[pa.Schema] = None) -> pa.Table:
     """A whole split as one table (an empty table with ``schema`` when it has no files)."""

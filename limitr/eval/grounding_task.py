@@ -29,6 +29,7 @@ import torch
 
 from limitr.data.images import Geometry
 from limitr.data.schema import MS_CXR_CATEGORIES
+from limitr.data.shards import split_files
 from limitr.errors import LimitrError
 from limitr.eval import grounding as G
 from limitr.eval.results import GroundingExample, GroundingResult, MapResult, PriorFigures
@@ -48,8 +49,8 @@ def grounding_total(embeddings: Path) -> int:
 
 def validation_studies(shards: Path) -> set[int]:
     """Study ids of the validation split's shards (empty when it has none)."""
-    files = sorted((Path(shards) / "validate").glob("part-*.parquet"))
-    return {int(k) for f in files for k in pq.read_table(f, columns=["study_id"]).column("study_id").to_pylist()}
+    return {int(k) for f in split_files(shards, "validate")
+            for k in pq.read_table(f, columns=["study_id"]).column("study_id").to_pylist()}
 
 
 def _png_side(data: bytes) -> int:
