@@ -65,17 +65,13 @@ def _png_side(data: bytes) -> int:
 
 def _map_result(kind: str, scores, prior_scores, categories, order, thresholds, validation) -> MapResult:
     """One map kind's figures, its prior's and their significance. The headline mIoU's
-    threshold is chosen on the ``validation`` phrases and averaged over the others; the
-    prior chooses its own in the same way."""
-
-    def figures(phrase_scores):
-        choice = G.choose_threshold([s for s, v in zip(phrase_scores, validation) if v], thresholds)
-        return G.aggregate(phrase_scores, categories, order, thresholds, choice, validation)
-
-    prior = figures(prior_scores)
+    threshold is chosen on the map's ``validation`` phrases and averaged over the others; the
+    prior is scored at the same threshold."""
+    choice = G.choose_threshold([s for s, v in zip(scores, validation) if v], thresholds)
+    prior = G.aggregate(prior_scores, categories, order, thresholds, choice, validation)
     return MapResult(
         map=MAP_NAMES[kind],
-        figures=figures(scores),
+        figures=G.aggregate(scores, categories, order, thresholds, choice, validation),
         prior=PriorFigures(map=f"mean_{kind}_map", cnr=prior.cnr, miou=prior.miou,
                            miou_over_thresholds=prior.miou_over_thresholds, pointing_game=prior.pointing_game),
         significance=G.significance(scores, prior_scores),

@@ -175,7 +175,8 @@ class GroundingFigures:
 
 @dataclass(kw_only=True)
 class PriorFigures:
-    """The figures of a map's prior (its mean over all phrases: phrase and image ignored)."""
+    """The figures of a map's prior (its mean over all phrases: phrase and image ignored), its
+    ``miou`` at the threshold of its map."""
 
     map: str
     cnr: dict[str, Optional[float]]
