@@ -107,7 +107,7 @@ def check_shards(shards: Path) -> None:
     """Raise LimitrError unless ``shards`` holds study shards."""
     shards = Path(shards)
     if not shards.is_dir() or not any(split_files(shards, s) for s in SPLITS):
-        raise LimitrError(f"{shards} holds no study shards; run `limitr preprocess` first")
+        raise LimitrError(f"{shards} holds no study shards: run the preprocess stage first")
 
 
 def count_texts(shards: Path) -> int:
