@@ -47,7 +47,16 @@ def _unpadded_image(png: bytes, geometry) -> np.ndarray:
 
 
 def draw_grounding_example(path: Path, category: str, example) -> None:
-    """One PNG per phrase: the image with each grounding map over it (original pixel axes),
+    """Write :func:`grounding_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = grounding_figure(category, example)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def grounding_figure(category: str, example):
+    """The figure of one phrase: the image with each grounding map over it (original pixel axes),
     the phrase as the title and the category under it.
 
     Every map is min-max normalised over the pixels the crop saw, the scale on which the IoU
@@ -75,7 +84,9 @@ def draw_grounding_example(path: Path, category: str, example) -> None:
     shown = None
     for ax, (kind, values) in zip(axes[0], maps.items()):
         ax.imshow(image, cmap="gray", extent=extent, interpolation="bilinear")
-        shown = ax.imshow(np.ma.masked_invalid(normalise(np.asarray(values, dtype=np.float64))), cmap="jet",
+        values = np.asarray(values, dtype=np.float64)
+        scaled = normalise(values) if np.isfinite(values).any() else values
+        shown = ax.imshow(np.ma.masked_invalid(scaled), cmap="jet",
                           vmin=0.0, vmax=1.0, alpha=0.45, extent=extent, interpolation="nearest")
         for j, (x, y, w, h) in enumerate(example.boxes):
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=2))
@@ -91,8 +102,7 @@ def draw_grounding_example(path: Path, category: str, example) -> None:
     cax = fig.add_axes((0.93, 0.15, 0.015, 0.65))
     bar = fig.colorbar(shown, cax=cax)
     bar.set_label("map, min-max normalised (the IoU thresholds' scale)", fontsize=8)
-    _save(fig, path)
-    plt.close(fig)
+    return fig
 
 
 def draw_message(path: Path, message: str) -> None:

@@ -1,4 +1,5 @@
-"""The one JSON writer of the evaluation results: what it writes and what it leaves out."""
+"""The one JSON writer of the evaluation results (what it writes and what it leaves out), and
+the grounding figure drawn from a result."""
 
 from __future__ import annotations
 
@@ -43,3 +44,37 @@ def test_skipped_parts_and_tasks() -> None:
                                   t2i={"P@5": {"mean": 40.0}}, i2t=Skipped("no reports"))
     assert to_json(result) == {"source": "CheXpert 5x200", "n_images": 3, "n_per_class": {"Edema": 3},
                                "t2i": {"P@5": {"mean": 40.0}}, "i2t": {"skipped": "no reports"}}
+
+
+def test_grounding_figure_one_scale_colourbar_labelled_boxes_phrase_title() -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    from limitr.data.images import geometry_for
+    from limitr.eval.plots import grounding_figure
+    from limitr.eval.results import GroundingExample
+
+    geometry = geometry_for(40, 30, 32).with_crop(32, 24)
+    png = io.BytesIO()
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(png, format="PNG")
+    ramp = np.linspace(0.0, 1.0, 40 * 30).reshape(40, 30)
+    maps = {"attention": ramp * 0.01, "cosine": ramp * 2.0 - 1.0, "attention prior (mean map)": np.full((40, 30), np.nan)}
+    example = GroundingExample(phrase_id=7, text="small left pleural effusion", boxes=[[2, 3, 10, 12], [15, 20, 5, 5]],
+                               image=png.getvalue(), geometry=geometry, maps=maps)
+    fig = grounding_figure("Pleural Effusion", example)
+    panels, bars = fig.axes[:3], fig.axes[3:]
+    assert len(bars) == 1  # one colourbar for every panel
+    overlays = [ax.get_images()[1] for ax in panels]
+    assert {tuple(im.get_clim()) for im in overlays} == {(0.0, 1.0)}  # one colour scale
+    assert np.nanmax(overlays[0].get_array()) == 1.0 and np.nanmin(overlays[1].get_array()) == 0.0
+    for ax in panels:
+        assert sum(isinstance(p, Rectangle) for p in ax.patches) == 2
+        assert sorted(t.get_text() for t in ax.texts) == ["ground truth 1", "ground truth 2"]
+    assert "small left pleural effusion" in fig._suptitle.get_text()
+    plt.close(fig)
