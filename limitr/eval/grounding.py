@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from limitr.data.images import Geometry
-from limitr.eval.results import GroundingFigures, ThresholdChoice
+from limitr.eval.results import GroundingFigures, Significance, ThresholdChoice
 
 #: The geometry type under its former name here; :class:`limitr.data.images.Geometry` it is.
 ImageGeometry = Geometry
@@ -256,7 +256,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return float(min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n))
 
 
-def significance(scores: Sequence[PhraseScores], prior_scores: Sequence[PhraseScores]) -> dict:
+def significance(scores: Sequence[PhraseScores], prior_scores: Sequence[PhraseScores]) -> Significance:
     """How sure the pointing game is, pooled over phrases (every phrase counts once, unlike
     the category means), against chance and against the prior, on the same phrases.
 
@@ -275,18 +275,18 @@ def significance(scores: Sequence[PhraseScores], prior_scores: Sequence[PhraseSc
     only_map = sum(a and not b for a, b in zip(hits, prior_hits))
     only_prior = sum(b and not a for a, b in zip(hits, prior_hits))
     cnr_diff = np.array([s.cnr - q.cnr for s, q in zip(scores, prior_scores) if np.isfinite(s.cnr) and np.isfinite(q.cnr)])
-    return {
-        "phrases": len(pairs),
-        "hits": int(sum(hits)),
-        "chance_hits": float(sum(shares)),
-        "p_vs_chance": at_least_tail(shares, sum(hits)),
-        "prior_hits": int(sum(prior_hits)),
-        "map_only": int(only_map),
-        "prior_only": int(only_prior),
-        "p_vs_prior": mcnemar_exact(only_map, only_prior),
-        "cnr_minus_prior": float(cnr_diff.mean()) if cnr_diff.size else None,
-        "cnr_above_prior_share": float((cnr_diff > 0).mean()) if cnr_diff.size else None,
-    }
+    return Significance(
+        phrases=len(pairs),
+        hits=int(sum(hits)),
+        chance_hits=float(sum(shares)),
+        p_vs_chance=at_least_tail(shares, sum(hits)),
+        prior_hits=int(sum(prior_hits)),
+        map_only=int(only_map),
+        prior_only=int(only_prior),
+        p_vs_prior=mcnemar_exact(only_map, only_prior),
+        cnr_minus_prior=float(cnr_diff.mean()) if cnr_diff.size else None,
+        cnr_above_prior_share=float((cnr_diff > 0).mean()) if cnr_diff.size else None,
+    )
 
 
 def word_attention_map(attention: torch.Tensor, word_mask: torch.Tensor, n_regions: int) -> torch.Tensor:

@@ -186,6 +186,23 @@ class PriorFigures:
 
 
 @dataclass(kw_only=True)
+class Significance:
+    """How sure a map's pointing game is, pooled over phrases, against chance and against its
+    prior (see :func:`limitr.eval.grounding.significance`)."""
+
+    phrases: int
+    hits: int
+    chance_hits: float
+    p_vs_chance: float
+    prior_hits: int
+    map_only: int
+    prior_only: int
+    p_vs_prior: float
+    cnr_minus_prior: Optional[float]
+    cnr_above_prior_share: Optional[float]
+
+
+@dataclass(kw_only=True)
 class MapResult:
     """One kind of grounding map: its figures, its prior's, and the significance of its
     pointing game (:func:`limitr.eval.grounding.significance`)."""
@@ -193,7 +210,7 @@ class MapResult:
     map: str
     figures: GroundingFigures = inline()
     prior: PriorFigures
-    significance: dict[str, Any]
+    significance: Significance
 
 
 @dataclass(kw_only=True)

@@ -258,7 +258,7 @@ def test_significance_counts_phrase_pairs() -> None:
 
     model = [ps(1, 0.1, 0.5), ps(1, 0.2, 0.4), ps(0, 0.3, -0.1), ps(1, 0.1, float("nan")), ps(float("nan"), 0.5, 0.2)]
     prior = [ps(0, 0.1, 0.1), ps(1, 0.2, 0.6), ps(1, 0.3, 0.0), ps(0, 0.1, 0.3), ps(1, 0.5, 0.1)]
-    sig = G.significance(model, prior)
+    sig = to_json(G.significance(model, prior))
     assert sig["phrases"] == 4 and sig["hits"] == 3 and sig["prior_hits"] == 2
     assert sig["map_only"] == 2 and sig["prior_only"] == 1
     assert sig["p_vs_prior"] == pytest.approx(G.mcnemar_exact(2, 1)) == 1.0
