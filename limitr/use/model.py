@@ -308,6 +308,11 @@ def _cat_texts(parts: list[TextEmbeddings]) -> TextEmbeddings:
                           torch.cat([x[1] for x in padded]))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
 def load(model_dir: PathLike, *, tokenizer: Optional[PathLike] = None, image_size: Optional[int] = None,
          max_length: Optional[int] = None, device: str = "cpu", batch_size: int = 64) -> TrainedModel:
     """Load a trained model folder for use.
@@ -324,7 +329,13 @@ def load(model_dir: PathLike, *, tokenizer: Optional[PathLike] = None, image_siz
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise LimitrError(f"model folder {model_dir} does not exist: train one with `dvc repro train`")
-    model, run_config = load_model(model_dir, device)
+    try:
+        model, run_config = load_model(model_dir, device)
+    except LimitrError as exc:
+        raise LimitrError(_first_line(exc)) from exc
+    except (RuntimeError, TypeError) as exc:  # weights of another shape, a config of another version
+        raise LimitrError(f"cannot load the model in {model_dir}: its weights do not match its config "
+                          f"(a model from another version?): {_first_line(exc)}") from exc
     weights = model_dir / "best" if (model_dir / "best").is_dir() else model_dir
     here = model_dir.resolve()
     if tokenizer is None:
