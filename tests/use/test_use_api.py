@@ -209,3 +209,19 @@ def test_ground_map_peaks_on_the_feature_in_original_pixels(tmp_path: Path, size
     grid_map = model.region_maps(model.encode_images([path]).embeddings, model.encode_text(["bright square"]))
     assert float(grid_map.mean()) == pytest.approx(1.0, abs=1e-5)
 
+
+
+def test_share_script_reads_mentions_as_written() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from search_share import hypergeom_tail, mentions
+    finally:
+        sys.path.pop(0)
+    query = "right upper lobe consolidation"
+    assert mentions("heart normal. there is right upper lobe consolidation.", query)
+    assert not mentions("no right upper lobe consolidation. heart normal.", query)
+    assert not mentions("left upper lobe consolidation. right lower lobe clear.", query)
+    assert mentions("patchy consolidation at the left base", query, loose=True)
+    assert not mentions("no focal consolidation", query, loose=True)
+    assert hypergeom_tail(10, 3, 3, 0) == pytest.approx(1.0)
+    assert hypergeom_tail(10, 3, 3, 3) == pytest.approx(1 / 120)
