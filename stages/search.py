@@ -118,6 +118,9 @@ def search_command(
                     raise LimitrError("empty query: give a finding to search for")
         explorer = open_explorer(params, model, embeddings, table, shards, tokenizer, image_size, device,
                                  candidates, exact, index_threshold)
+        if explorer.gallery.fingerprint is None:
+            typer.echo("note: the gallery records no model fingerprint (embedded before they were recorded); "
+                       "re-run `limitr embed` so that a gallery of another model is refused", err=True)
         out = Path(out)
         if image is not None:
             result = explorer.find_reports(image, lateral, k=k)

@@ -66,7 +66,7 @@ class Explorer:
                                 [q.strip() for q in queries], k=k, candidates=self.candidates, exact=self.exact,
                                 index=None if self.exact else self.image_index, device=self.model.device)
         for j, result in enumerate(results):
-            result.query_text = take(texts, slice(j, j + 1))  # type: ignore[attr-defined]
+            result.query_text = take(texts, slice(j, j + 1))
         return results
 
     def find_reports(self, frontal: PathLike, lateral: Optional[PathLike] = None, k: int = 10) -> SearchResult:
@@ -86,7 +86,7 @@ class Explorer:
         if not rows:
             return []
         items = self.gallery.items(rows)
-        text = getattr(result, "query_text", None)
+        text = result.query_text
         if text is None:
             text = self.model.encode_text([result.query])
         repeated = take(text, torch.zeros(len(rows), dtype=torch.long))

@@ -46,6 +46,7 @@ class SearchResult:
     hits: list[Hit] = field(default_factory=list)
     exact: bool = False
     candidates: int = 0
+    query_text: Optional[TextEmbeddings] = None  # the query's embeddings (text searches), for its maps
 
 
 class GlobalIndex:
