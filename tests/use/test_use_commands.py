@@ -46,6 +46,23 @@ def test_search_text_prints_and_draws(tiny_run, tmp_path: Path) -> None:
     assert exact.exit_code == 0 and "combined" in exact.stdout
 
 
+def test_ground_an_ms_cxr_phrase_with_its_box(tiny_run, tmp_path: Path) -> None:
+    out = tmp_path / "ms.png"
+    result = runner.invoke(app, ["ground", "--ms-cxr", "1", "--out", str(out), *common(tiny_run),
+                                 "--shards", str(tiny_run["shards"])])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "Bright disc" in result.stdout
+    fails_with(["ground", "--ms-cxr", "99", "--out", str(out), *common(tiny_run), "--shards", str(tiny_run["shards"])],
+               "no phrase_id 99")
+
+
+def test_search_another_table_as_gallery(tiny_run, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "bright disc", "--table", "grounding", "--k", "2", "--out", str(tmp_path),
+                                 *common(tiny_run), *gallery(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert "Bright disc" in result.stdout and (tmp_path / "bright_disc.html").is_file()
+
+
 def test_search_image_ranks_reports(tiny_run, tmp_path: Path) -> None:
     front, lat = tiny_run["files"][1]
     result = runner.invoke(app, ["search", "--image", str(front), "--lateral", str(lat), "--k", "4",

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from limitr.data.images import process_image_file
-from limitr.data.schema import CHEXPERT_LABELS, STUDY_SCHEMA, token_schema
+from limitr.data.schema import CHEXPERT_LABELS, GROUNDING_SCHEMA, STUDY_SCHEMA, token_schema
 
 IMAGE_SIZE = 64
 CROP = 48
@@ -92,6 +92,15 @@ def build(root: Path, n_studies: int = 12, embed_dim: int = 16) -> dict:
         texts.append(text)
         files.append((front, lat))
     pq.write_table(pa.Table.from_pylist(rows, schema=STUDY_SCHEMA), shards / "test" / "part-00000.parquet")
+    phrases = []
+    for i in range(3):
+        png, geo = process_image_file(files[i][0], IMAGE_SIZE)
+        height, width = SIZES[i % len(SIZES)]
+        phrases.append({"phrase_id": i, "dicom_id": f"f{i}", "subject_id": 10000000 + i, "study_id": 50000000 + i,
+                        "category_name": "Consolidation", "label_text": "Bright disc", "text": "bright disc",
+                        "boxes": [[width * 0.2, height * 0.2, width * 0.4, height * 0.4]], "image": png,
+                        **geo.columns("")})
+    pq.write_table(pa.Table.from_pylist(phrases, schema=GROUNDING_SCHEMA), shards / "grounding.parquet")
     tok_dir = tokens / "tokenizer"
     tok_dir.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
@@ -101,6 +110,11 @@ def build(root: Path, n_studies: int = 12, embed_dim: int = 16) -> dict:
              "attention_mask": enc.attention_mask.tolist(), "word_ids": enc.word_ids.tolist(),
              "n_words": enc.n_words.tolist(), "truncated": enc.truncated.tolist()}
     pq.write_table(pa.Table.from_pydict(table, schema=token_schema("study_id")), tokens / "test.parquet")
+    enc = encode_texts(load_tokenizer(tok_dir), [p["text"] for p in phrases], 32)
+    table = {"phrase_id": [p["phrase_id"] for p in phrases], "input_ids": enc.input_ids.tolist(),
+             "attention_mask": enc.attention_mask.tolist(), "word_ids": enc.word_ids.tolist(),
+             "n_words": enc.n_words.tolist(), "truncated": enc.truncated.tolist()}
+    pq.write_table(pa.Table.from_pydict(table, schema=token_schema("phrase_id")), tokens / "grounding.parquet")
     (tokens / "report.json").write_text(json.dumps({"max_length": 32}))
     return {"root": root, "model": model_dir, "shards": shards, "tokens": tokens, "files": files, "texts": texts,
             "embeddings": root / "embeddings"}
