@@ -135,3 +135,9 @@ def test_bad_inputs_are_one_line(tiny_run, bad_files, tmp_path: Path) -> None:
                 "--shards", str(run["shards"])], "another model")
     fails_with(["search", "effusion", *out, *common(run), "--embeddings", str(tmp_path / "none"),
                 "--shards", str(run["shards"])], "does not exist")
+
+
+def test_explore_refuses_a_missing_model_in_one_line(tiny_run, tmp_path: Path) -> None:
+    fails_with(["explore", "--params", str(tiny_run["root"] / "none.yaml"), "--model", str(tmp_path / "absent"),
+                *gallery(tiny_run)], "does not exist")
+    fails_with(["explore", "--params", str(tiny_run["root"] / "none.yaml"), "--map", "edges"], "--map")
