@@ -99,6 +99,7 @@ def search_command(
     """Rank the gallery's studies for a finding, or its reports for an image."""
     with stage_errors():
         from limitr.errors import LimitrError
+        from limitr.use.render import excerpt
 
         if image is None and not queries:
             raise LimitrError("give a finding to search for, or --image FILE")
@@ -141,6 +142,6 @@ def search_command(
             for hit, item in zip(result.hits, items):
                 local = "" if hit.local is None else f"{hit.local:.3f}"
                 typer.echo(f"  {hit.rank:>4}  {hit.key:>10}  {hit.total:>8.3f}  {hit.global_:>7.3f}  {local:>7}  "
-                           f"{_short(item.text, 70)}")
+                           f"{excerpt(item.text, result.query, 70)}")
             png, page = explorer.write_text_results(result, out / slug(result.query), map_kind)
             typer.echo(f"written: {png}, {page}")
