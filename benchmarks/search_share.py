@@ -4,7 +4,8 @@ For each query: the share of the top-K hits whose report mentions the finding, a
 share of all gallery reports that mention it (what a random ranking would give on average),
 and the exact one-sided hypergeometric p-value of at least that many. A report mentions a
 finding when one of its sentences holds every content word of the query and is not a
-negation ("no ...", "without ..."); the loose figure only asks for the query's last word.
+negation ("no ...", "without ..."); the loose figure only asks for the query's last word; the
+label figure counts studies whose CheXpert label for the finding's class is positive.
 
     python benchmarks/search_share.py                                   # the default query
     python benchmarks/search_share.py "left pleural effusion" "moderate cardiomegaly" --k 20
@@ -19,7 +20,11 @@ import re
 from pathlib import Path
 
 STOP = {"a", "an", "the", "of", "in", "is", "there", "with", "and"}
-NEGATION = re.compile(r"^(no|without|negative for|not)\b|\bno (evidence|focal|new)\b")
+NEGATION = re.compile(r"\b(no|without|not|negative for|free of)\b")
+#: CheXpert label columns of the study shards a query word names (the labeller's reading).
+LABELS = {"consolidation": "Consolidation", "effusion": "Pleural Effusion", "cardiomegaly": "Cardiomegaly",
+          "pneumothorax": "Pneumothorax", "edema": "Edema", "atelectasis": "Atelectasis", "pneumonia": "Pneumonia",
+          "nodule": "Lung Lesion", "mass": "Lung Lesion", "opacity": "Lung Opacity"}
 
 
 def sentences(report: str) -> list[str]:
@@ -42,6 +47,17 @@ def hypergeom_tail(population: int, successes: int, draws: int, observed: int) -
     total = math.comb(population, draws)
     return sum(math.comb(successes, x) * math.comb(population - successes, draws - x)
                for x in range(observed, min(successes, draws) + 1)) / total
+
+
+def study_labels(shards: Path, label: str) -> dict[int, float]:
+    """study_id -> the CheXpert label value (1 positive, 0 negative, -1 uncertain) of the test split."""
+    import pyarrow.parquet as pq
+
+    out: dict[int, float] = {}
+    for path in sorted((Path(shards) / "test").glob("part-*.parquet")):
+        table = pq.read_table(path, columns=["study_id", label])
+        out.update(zip(table.column("study_id").to_pylist(), table.column(label).to_pylist()))
+    return out
 
 
 def main() -> None:
@@ -69,12 +85,22 @@ def main() -> None:
             row[name] = {"hits_mentioning": in_hits, "hit_share": in_hits / len(hits),
                          "gallery_mentioning": in_gallery, "chance_share": in_gallery / len(all_items),
                          "p_value": hypergeom_tail(len(all_items), in_gallery, len(hits), in_hits)}
+        label = next((LABELS[w] for w in re.findall(r"[a-z]+", result.query.lower()) if w in LABELS), None)
+        if label is not None:
+            values = study_labels(args.data / "shards", label)
+            in_gallery = sum(values.get(i.key) == 1.0 for i in all_items)
+            in_hits = sum(values.get(i.key) == 1.0 for i in hits)
+            row["label"] = {"label": label, "hits_mentioning": in_hits, "hit_share": in_hits / len(hits),
+                            "gallery_mentioning": in_gallery, "chance_share": in_gallery / len(all_items),
+                            "p_value": hypergeom_tail(len(all_items), in_gallery, len(hits), in_hits)}
         out.append(row)
         s, lo = row["strict"], row["loose"]
         print(f"{result.query!r}: {s['hits_mentioning']}/{row['k']} hits mention it ({s['hit_share']:.0%}) "
               f"against chance {s['chance_share']:.1%} ({s['gallery_mentioning']}/{row['gallery']}), "
               f"p = {s['p_value']:.2g}; last word only: {lo['hits_mentioning']}/{row['k']} against "
-              f"{lo['chance_share']:.1%}")
+              f"{lo['chance_share']:.1%}" + (f"; label {row['label']['label']} positive: "
+                                             f"{row['label']['hits_mentioning']}/{row['k']} against "
+                                             f"{row['label']['chance_share']:.1%}" if "label" in row else ""))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
