@@ -260,8 +260,9 @@ class TrainedModel:
 
     @torch.no_grad()
     def region_maps(self, images: ImageEmbeddings, texts: TextEmbeddings, kind: str = "attention") -> torch.Tensor:
-        """(P, h, w) maps of P matched (image, phrase) pairs over the crop's region grid;
-        attention as a multiple of uniform attention, cosine as it is."""
+        """(P, h, w) maps of P matched (image, phrase) pairs over the frontal region grid;
+        attention as a multiple of uniform attention over the study's regions (frontal and
+        lateral), cosine as it is."""
         from limitr.eval.grounding_task import phrase_maps
 
         if kind not in MAP_KINDS:
@@ -269,8 +270,10 @@ class TrainedModel:
         attention, cosine = phrase_maps(self.model, images, texts, self.batch_size, self.device)
         if kind == "cosine":
             return cosine
-        h, w = images.grid
-        return attention * float(h * w)
+        # uniform attention spreads over every real region of the study (frontal, and lateral
+        # where there is one): scale so that uniform is 1 whatever the study has
+        regions = images.local_mask.sum(1).to(attention.dtype).clamp_min(1.0)
+        return attention * regions[:, None, None]
 
     def ground(self, image: PathLike, phrase: str, lateral: Optional[PathLike] = None,
                kind: str = "attention") -> GroundingMap:

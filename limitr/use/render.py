@@ -18,9 +18,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 #: The colour scale of each map kind: attention as a multiple of uniform attention (1 = the
-#: phrase attends to every region alike), cosine as it is.
-COLOUR_RANGE: dict[str, tuple[float, float]] = {"attention": (0.0, 3.0), "cosine": (-1.0, 1.0)}
-COLOUR_LABEL: dict[str, str] = {"attention": "attention (x uniform)", "cosine": "region-phrase cosine"}
+#: phrase attends to every region alike) on a log scale from half to twice uniform; cosine
+#: linear. Values beyond a range take its end colour.
+COLOUR_RANGE: dict[str, tuple[float, float]] = {"attention": (0.5, 2.0), "cosine": (-0.3, 0.3)}
+COLOUR_LABEL: dict[str, str] = {"attention": "attention (x uniform, log scale)", "cosine": "region-phrase cosine"}
+COLOUR_TICKS: dict[str, list[float]] = {"attention": [0.5, 0.7, 1.0, 1.4, 2.0], "cosine": [-0.3, -0.15, 0.0, 0.15, 0.3]}
 CMAP = "jet"
 ALPHA = 0.45
 
@@ -45,6 +47,23 @@ def _plt():
     return plt
 
 
+def colour_norm(kind: str):
+    """The fixed colour normalisation of a map kind."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    lo, hi = COLOUR_RANGE[kind]
+    return LogNorm(lo, hi, clip=True) if kind == "attention" else Normalize(lo, hi, clip=True)
+
+
+def _colourbar(fig, mappable, kind: str, **where):
+    bar = fig.colorbar(mappable, **where)
+    bar.set_ticks(COLOUR_TICKS[kind])
+    bar.set_ticklabels([f"{t:g}" for t in COLOUR_TICKS[kind]])
+    bar.minorticks_off()
+    bar.set_label(COLOUR_LABEL[kind], fontsize=8)
+    return bar
+
+
 def _draw(ax, panel: Panel, kind: str):
     from matplotlib.patches import Rectangle
 
@@ -53,12 +72,11 @@ def _draw(ax, panel: Panel, kind: str):
     ax.imshow(panel.image, cmap="gray", extent=extent, interpolation="bilinear", vmin=0, vmax=255)
     mappable = None
     if panel.values is not None:
-        lo, hi = COLOUR_RANGE[kind]
         mappable = ax.imshow(np.ma.masked_invalid(panel.values), cmap=CMAP, alpha=ALPHA, extent=extent,
-                             interpolation="nearest", vmin=lo, vmax=hi)
+                             interpolation="nearest", norm=colour_norm(kind))
     for label, (x, y, bw, bh) in panel.boxes:
         ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", linewidth=2))
-        ax.text(x, y - 2, label, color="lime", fontsize=8, va="bottom")
+        ax.text(x, y - 2, label, color="lime", fontsize=9, fontweight="bold", va="bottom")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xticks([])
@@ -80,8 +98,7 @@ def figure_png(panel: Panel, kind: str, path: Optional[Path] = None, size: float
     fig, ax = plt.subplots(figsize=(size * 1.18, size), dpi=dpi)
     mappable = _draw(ax, panel, kind)
     if mappable is not None:
-        bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.03)
-        bar.set_label(COLOUR_LABEL[kind], fontsize=8)
+        _colourbar(fig, mappable, kind, ax=ax, fraction=0.046, pad=0.03)
     ax.set_title(panel.title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -113,8 +130,7 @@ def contact_sheet(panels: Sequence[Panel], kind: str, title: str, path: Path, co
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     if mappable is not None:
-        bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
-        bar.set_label(COLOUR_LABEL[kind], fontsize=8)
+        _colourbar(fig, mappable, kind, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
     fig.suptitle(title, fontsize=11)
     _save(fig, path)
     plt.close(fig)
