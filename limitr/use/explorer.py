@@ -99,8 +99,12 @@ class Explorer:
                 values = _map_on_processed(grid_map, item.geometry, int(item.image.shape[0]), self.gallery.crop_size)
             if image is None:
                 image = np.full((64, 64), 128, np.uint8)
+            boxes = []
+            if item.boxes and item.geometry is not None:  # the MS-CXR table: its boxes, in the shown pixels
+                s = float(item.geometry["scale"])
+                boxes = [("MS-CXR", (x * s, y * s, w * s, h * s)) for x, y, w, h in item.boxes]
             panels.append(Panel(image, values, f"#{hit.rank} {self.gallery.name} {hit.key}  {hit.total:.3f}",
-                                excerpt(item.text, result.query, 140)))
+                                excerpt(item.text, result.query, 140), boxes))
         return panels
 
     def ground(self, frontal: PathLike, phrase: str, lateral: Optional[PathLike] = None,

@@ -61,6 +61,15 @@ def test_search_another_table_as_gallery(tiny_run, tmp_path: Path) -> None:
                                  *common(tiny_run), *gallery(tiny_run)])
     assert result.exit_code == 0, result.output
     assert "Bright disc" in result.stdout and (tmp_path / "bright_disc.html").is_file()
+    from limitr.use import Explorer, load, load_gallery
+
+    model = load(tiny_run["model"])
+    table = load_gallery(tiny_run["embeddings"], "grounding", tiny_run["shards"], model.fingerprint, model.crop_size)
+    [found] = Explorer(model, table).find_images(["bright disc"], k=2)
+    for panel in Explorer(model, table).hit_panels(found):  # each hit's ground-truth box, drawn
+        assert [label for label, _ in panel.boxes] == ["MS-CXR"]
+        x, y, w, h = panel.boxes[0][1]
+        assert 0 <= x and x + w <= panel.image.shape[1] + 1 and 0 <= y and y + h <= panel.image.shape[0] + 1
 
 
 def test_search_image_ranks_reports(tiny_run, tmp_path: Path) -> None:
