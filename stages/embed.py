@@ -45,7 +45,7 @@ def embed_stage(
         import torch
 
         from limitr.errors import LimitrError
-        from limitr.eval.embed import EmbedSettings, load_model, plan_tasks
+        from limitr.eval.embed import EmbedSettings, load_model, model_fingerprint, plan_tasks, resolve_checkpoint
 
         cfg = section(params, "embed")
         model_dir = optional_path(override(model, cfg, "model", "data/model"))
@@ -69,6 +69,7 @@ def embed_stage(
         )
         report: dict = {
             "model": str(model_dir),
+            "model_fingerprint": model_fingerprint(resolve_checkpoint(model_dir)[0]),
             "settings": {"crop_size": settings.crop_size, "upsample_to": settings.upsample_to},
             "tables": {},
             "skipped": {},

@@ -80,6 +80,21 @@ def resolve_checkpoint(model_dir: Path) -> tuple[Path, dict]:
     )
 
 
+def model_fingerprint(weights: Path) -> str:
+    """A short hash of a weights folder's config and weights: embeddings record it, so that
+    a gallery embedded with another model can be told apart (16 hex digits)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        path = Path(weights) / name
+        if path.is_file():
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def load_model(model_dir: Path, device: str):
     """(LIMITR model in eval mode on ``device``, run config) from a checkpoint folder."""
     from limitr.model import LIMITR
