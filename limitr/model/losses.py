@@ -4,6 +4,10 @@ Score matrices are (n_images, n_texts) with the matching pairs on the diagonal. 
 contrastive term is the cross-entropy over the rows (image -> its report among all
 reports) plus the cross-entropy over the columns (report -> its study), summed, as the
 public code does.
+
+The losses compute in float32 at least: low-precision score matrices and contexts are
+upcast first, and the caller (``LIMITR.loss``) runs them with autocast off, since the
+cross-entropies' log-sum-exps and batch means need more than bf16's 8 bits.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from limitr.model.alignment import MatchedAlignment, l2norm
+from limitr.model.precision import upcast
 
 #: Temperature of the local internal loss (method.md).
 INTERNAL_TEMPERATURE = 0.1
@@ -25,6 +30,7 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     """CE over rows + CE over columns of a square (B, B) logit matrix, positives on the diagonal."""
     if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
         raise ValueError(f"contrastive_loss needs a square matrix, got {tuple(logits.shape)}")
+    logits = upcast(logits)
     targets = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
 
