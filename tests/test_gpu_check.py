@@ -55,7 +55,7 @@ def test_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
     assert "NCCL needs CUDA; the one-process DDP step runs on gloo instead" in out
     f = json.loads((work / "gpu_check.json").read_text())
     assert f["autocast_dtype"] == "bfloat16" and f["batch_size"] == 4 and f["steps"] == 2
-    assert f["studies_per_s"] > 0 and 0 <= f["data_wait_share"] <= 1 and f["losses_finite"]
+    assert f["studies_per_s"] > 0 and f["studies_per_s_median_step"] > 0 and 0 <= f["data_wait_share"] <= 1 and f["losses_finite"]
     assert f["peak_rss_gib"] > 0
     a = f["bf16_vs_fp32"]
     # bf16 actually ran (scores differ) and stays close: the whole encoders in bf16 give a

@@ -198,3 +198,33 @@ def test_model_scores_losses_and_gradients_under_bf16(tiny_config, saf_spy, inte
     flat32 = torch.cat([g.flatten() for g in g32.values()])
     flat16 = torch.cat([g16[n].float().flatten() for n in g32])
     assert torch.nn.functional.cosine_similarity(flat32, flat16, dim=0) > 0.98
+
+
+def test_losses_upcast_and_ignore_autocast():
+    """Loss reductions run in float32 even on bf16 inputs under autocast: bf16 logits give
+    exactly the float32 loss of the same (rounded) values."""
+    from limitr.model.alignment import MatchedAlignment
+    from limitr.model.losses import contrastive_loss, local_internal_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = (10 * torch.rand(6, 6, generator=g)).to(BF16)
+    with bf16_autocast():
+        got = contrastive_loss(logits)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, contrastive_loss(logits.float()))
+
+    words, regions = torch.randn(3, 5, D, generator=g), torch.randn(3, 7, D, generator=g)
+    word_mask = torch.ones(3, 5, dtype=torch.bool)
+    word_mask[1, 3:] = False
+    region_mask = torch.ones(3, 7, dtype=torch.bool)
+    low = MatchedAlignment(
+        word_attention=torch.empty(0),
+        word_context=torch.randn(3, 5, D, generator=g).to(BF16),
+        region_context=torch.randn(3, 7, D, generator=g).to(BF16),
+    )
+    full = MatchedAlignment(torch.empty(0), low.word_context.float(), low.region_context.float())
+    with bf16_autocast():
+        got = local_internal_loss(low, words, word_mask, regions, region_mask, "uniform")
+    want = local_internal_loss(full, words, word_mask, regions, region_mask, "uniform")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
