@@ -50,3 +50,15 @@ def full_precision(x: torch.Tensor):
     if not torch.is_autocast_enabled(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has the instructions oneDNN uses for fast bf16 (AVX-512 BW/VL/DQ on
+    x86, BF16 on Arm). Without them bf16 autocast still runs and gives the same kind of
+    results (torch converts in software), only slower than float32: a caller may say so."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
