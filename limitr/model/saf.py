@@ -168,8 +168,9 @@ def saf_pool_forward(
     budget = CPU_TILE_ELEMENTS if device.type == "cpu" else DEVICE_TILE_ELEMENTS
     for a0, a1, p0, p1 in _tiles(n_a, n_p, k * d, budget):
         na, npp = a1 - a0, p1 - p0
-        # s, its norm and the mean in the accumulate dtype (float32 under autocast).
-        s = context[a0:a1, p0:p1].to(acc) * feature[p0:p1]
+        # s, its norm and the mean in the accumulate dtype (float32 under autocast): the
+        # feature is in that dtype, and type promotion makes the product so.
+        s = context[a0:a1, p0:p1] * feature[p0:p1]
         nrm = torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
         s.div_(nrm)
         m = torch.matmul(mean_w[p0:p1].unsqueeze(-2), s).squeeze(-2)  # (na, np, D)
@@ -268,10 +269,10 @@ class SAFPoolFunction(torch.autograd.Function):
 
             for a0, a1, p0, p1 in _tiles(n_a, n_p, k * d, budget):
                 na, npp = a1 - a0, p1 - p0
-                c = context[a0:a1, p0:p1].to(acc)
+                c = context[a0:a1, p0:p1]
                 f = feature[p0:p1]
                 nrm = norms[a0:a1, p0:p1]
-                s = (c * f).div_(nrm)  # recomputed, (na, np, K, D), accumulate dtype
+                s = (c * f).div_(nrm)  # recomputed, (na, np, K, D), accumulate dtype (promotion)
                 h = act[a0:a1, p0:p1]  # compute dtype
                 wts = weights[a0:a1, p0:p1]
                 gv = grad_pooled[a0:a1, p0:p1]  # (na, np, D)
@@ -323,11 +324,8 @@ class SAFPoolFunction(torch.autograd.Function):
                 # Where the norm was clamped, s = x / eps is linear in x: no projection term.
                 dot = torch.linalg.vecdot(s, g_s).unsqueeze(-1) * (nrm > NORM_EPS)
                 g_s.addcmul_(s, dot, value=-1.0).div_(nrm)  # now grad of x
-                if g_context is not None:
-                    if g_context.dtype == acc:
-                        torch.mul(g_s, f, out=g_context[a0:a1, p0:p1])
-                    else:
-                        g_context[a0:a1, p0:p1] = g_s * f
+                if g_context is not None:  # rounded to the context's dtype on the way out
+                    torch.mul(g_s, f, out=g_context[a0:a1, p0:p1])
                 if g_feature is not None:
                     g_feature[p0:p1] += (g_s * c).sum(dim=0)
 
