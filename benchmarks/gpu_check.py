@@ -182,8 +182,10 @@ def check_device(name: str):
         raise CheckError(f"--device must be cuda, cuda:N or cpu, got {name!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise CheckError("no CUDA device is visible to torch (a CPU-only torch build, or no driver); "
-                             "install the CUDA wheels (TORCH_SPEC) or pass --device cpu")
+            built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise CheckError(f"no CUDA device is visible to torch {torch.__version__} ({built}): without a "
+                             "driver, or one older than that CUDA needs, set TORCH_SPEC to a matching wheel "
+                             "(e.g. add --index-url https://download.pytorch.org/whl/cu126), or pass --device cpu")
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise CheckError(f"{name} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
