@@ -9,6 +9,8 @@ Contenders, all with the same weights (one LocalAlignment module) and the same m
 - lean loop: the same per-report loop without those copies, to show what the loop
   itself costs.
 Scores are compared in eval mode (SAF dropout off); train mode (dropout on) is timed too.
+The batched module is also timed under bf16 autocast (a ratio to its float32 time; on a
+CPU without bf16 instructions torch converts in software and bf16 can be slower).
 
 Flops counted (matrix products only, backward = 2 x forward):
     forward = 2 B^2 (N + M) D^2       SAF projection L1 of every similarity vector
@@ -146,6 +148,13 @@ def lean_loop_scores(module: LocalAlignment, words, word_mask, regions, region_m
     return torch.cat(caption_cols, dim=1), torch.cat(image_cols, dim=1)
 
 
+def bf16_scores(module: LocalAlignment, words, word_mask, regions, region_mask):
+    """The batched scores under bf16 autocast (the SAF projections and context products in
+    bf16, softmaxes, norms and heads in float32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return module(words, word_mask, regions, region_mask)
+
+
 def flops_forward(b: int, n: int, m: int, d: int) -> float:
     pairs = b * b
     return 2.0 * pairs * (n + m) * d * d + 2.0 * pairs * (n + m) * d + 6.0 * pairs * n * m * d
@@ -183,6 +192,7 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
         "batched": lambda wd, rg: module(wd, word_mask, rg, region_mask),
         "public_loop": lambda wd, rg: public_loop_scores(module, wd, word_mask, rg, region_mask, r),
         "lean_loop": lambda wd, rg: lean_loop_scores(module, wd, word_mask, rg, region_mask, r),
+        "batched_bf16": lambda wd, rg: bf16_scores(module, wd, word_mask, rg, region_mask),
     }
 
     def step(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
@@ -201,6 +211,8 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
         for key in ("public_loop", "lean_loop"):
             cap_l, img_l = contenders[key](words, regions)
             diffs[key] = max((cap_b - cap_l).abs().max().item(), (img_b - img_l).abs().max().item())
+        cap_h, img_h = contenders["batched_bf16"](words, regions)
+        bf16_diff = max((cap_b - cap_h).abs().max().item(), (img_b - img_h).abs().max().item())
     mm = matmul_once()
     train_mode = ("batched", "public_loop")  # timed again with the SAF dropout on
     times: dict[str, list[float]] = {key: [] for key in (*contenders, "batched_dropout", "public_loop_dropout", "matmul")}
@@ -228,6 +240,8 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
         "speedup_vs_public_loop_with_dropout": round(best["public_loop_dropout"] / best["batched_dropout"], 2),
         "speedup_vs_lean_loop": round(best["lean_loop"] / best["batched"], 2),
         **{f"{key}_share_of_matmul_rate": round(rate[key] / peak, 3) for key in contenders},
+        "bf16_speedup": round(best["batched"] / best["batched_bf16"], 2),
+        "bf16_max_abs_score_diff": bf16_diff,
         "max_abs_score_diff": max(diffs.values()),
         "scores_agree_1e-5": max(diffs.values()) <= 1e-5,
     }
@@ -260,7 +274,9 @@ def main() -> None:
             f"  speedup {res['speedup_vs_public_loop']:.1f}x over the public loop, "
             f"{res['speedup_vs_lean_loop']:.1f}x over the lean loop; scores agree to {res['max_abs_score_diff']:.1e}\n"
             f"  train mode (SAF dropout): public loop {res['public_loop_dropout_s']:.3f} s, batched "
-            f"{res['batched_dropout_s']:.3f} s, speedup {res['speedup_vs_public_loop_with_dropout']:.1f}x"
+            f"{res['batched_dropout_s']:.3f} s, speedup {res['speedup_vs_public_loop_with_dropout']:.1f}x\n"
+            f"  bf16 autocast: batched {res['batched_bf16_s']:.3f} s ({res['bf16_speedup']:.2f}x as fast as "
+            f"float32); scores within {res['bf16_max_abs_score_diff']:.1e} of float32"
         )
     if args.json:
         with open(args.json, "w") as fh:

@@ -10,6 +10,10 @@ Image-to-text (image) direction: the roles swapped, with SAF over the study's re
 Missing lateral regions and word padding are masks (True = keep) used in every softmax
 and mean. All pairs are computed with batched matrix products, in chunks of reports
 when asked; a chunk loop is the only Python loop.
+
+Under autocast the attention-context products and the SAF projections run in the autocast
+dtype; the attention logits and softmaxes, norms and the score heads stay in float32
+(:mod:`limitr.model.precision` says why).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from limitr.model.precision import compute_dtype, full_precision, upcast
 from limitr.model.saf import NORM_EPS, SAF
 
 #: Without gradients, each (report chunk x study group) block keeps its (pairs, K, D)
@@ -53,8 +58,11 @@ def two_step_attention(
 
 
 def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """x / max(|x|, eps) along ``dim``."""
-    return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(NORM_EPS)
+    """x / max(|x|, eps) along ``dim``, in float32 when ``x`` is fp16 or bf16 (the norm sums
+    D squares, and the unit vectors feed cosines and score heads)."""
+    x = upcast(x)
+    with full_precision(x):
+        return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(NORM_EPS)
 
 
 @dataclass
@@ -160,26 +168,40 @@ class LocalAlignment(nn.Module):
     ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         n_t, n_w, dim = words.shape
         n_i, n_r, _ = regions.shape
-        # One product gives w_k . r_j for every pair, laid out (I, T, N, M).
-        # The scale goes on the (smaller) word side: exact for powers of two such as 1/64.
-        query = (words * self.attention_scale).reshape(n_t * n_w, dim)
-        logits = torch.matmul(query, regions.transpose(1, 2)).view(n_i, n_t, n_w, n_r)
+        # One product gives w_k . r_j for every pair, laid out (I, T, N, M). The logits and
+        # the two softmaxes run in float32 at least, under autocast too: the second softmax
+        # is sharpened by temp1. The scale goes on the (smaller) word side: exact for powers
+        # of two such as 1/64.
+        with full_precision(words):
+            query = (upcast(words) * self.attention_scale).reshape(n_t * n_w, dim)
+            logits = torch.matmul(query, upcast(regions).transpose(1, 2)).view(n_i, n_t, n_w, n_r)
         wmask = word_mask.view(1, n_t, n_w, 1)
         rmask = region_mask.view(n_i, 1, 1, n_r)
         cap_scores = img_scores = None
         if caption:
-            attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)
-            context = torch.bmm(attn.view(n_i, n_t * n_w, n_r), regions).view(n_i, n_t, n_w, dim)
-            pooled, _ = self.saf(context, words, word_mask)  # pairs (I, T)
-            cap_scores = torch.sigmoid(self.head_caption(l2norm(pooled))).squeeze(-1)
+            with full_precision(logits):
+                attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)
+            # Under autocast the context products and the SAF projections run in its dtype.
+            context = torch.bmm(attn.view(n_i, n_t * n_w, n_r).to(compute_dtype(regions)), regions).view(n_i, n_t, n_w, dim)
+            pooled, _ = self.saf(context, words, word_mask)  # pairs (I, T), float32 at least
+            cap_scores = self._head(self.head_caption, pooled)
         if image:
-            attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
+            with full_precision(logits):
+                attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
             # Region j's text context, batched per report: (T, I*M, N) @ (T, N, D).
-            attn_t = attn.permute(1, 0, 3, 2).reshape(n_t, n_i * n_r, n_w)
+            attn_t = attn.permute(1, 0, 3, 2).reshape(n_t, n_i * n_r, n_w).to(compute_dtype(words))
             context = torch.bmm(attn_t, words).view(n_t, n_i, n_r, dim)
             pooled, _ = self.saf(context, regions, region_mask)  # pairs (T, I)
-            img_scores = torch.sigmoid(self.head_image(l2norm(pooled))).squeeze(-1).t()
+            img_scores = self._head(self.head_image, pooled).t()
         return cap_scores, img_scores
+
+    @staticmethod
+    def _head(head: nn.Linear, pooled: torch.Tensor) -> torch.Tensor:
+        """sigmoid(h . l2norm(v)) in float32 at least: scores rank many candidates, and a bf16
+        score in (0.5, 1) moves in steps of 2^-8."""
+        v = l2norm(pooled)
+        with full_precision(v):
+            return torch.sigmoid(nn.functional.linear(v, upcast(head.weight), upcast(head.bias))).squeeze(-1)
 
     def matched(
         self,
@@ -194,13 +216,14 @@ class LocalAlignment(nn.Module):
 
         words: (B, N, D), word_mask: (B, N), regions: (B, M, D), region_mask: (B, M).
         """
-        logits = torch.bmm(words * self.attention_scale, regions.transpose(1, 2))  # (B, N, M)
-        wmask = word_mask.unsqueeze(-1)
-        rmask = region_mask.unsqueeze(-2)
-        word_attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)
-        word_context = torch.bmm(word_attn, regions)
-        region_attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
-        region_context = torch.bmm(region_attn.transpose(1, 2), words)
+        with full_precision(words):  # logits and softmaxes in float32 at least, as in the scores
+            logits = torch.bmm(upcast(words) * self.attention_scale, upcast(regions).transpose(1, 2))  # (B, N, M)
+            wmask = word_mask.unsqueeze(-1)
+            rmask = region_mask.unsqueeze(-2)
+            word_attn = two_step_attention(logits, -2, wmask, -1, rmask, self.temp1)
+            region_attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
+        word_context = torch.bmm(word_attn.to(compute_dtype(regions)), regions)
+        region_context = torch.bmm(region_attn.transpose(1, 2).to(compute_dtype(words)), words)
         out = MatchedAlignment(word_attention=word_attn, word_context=word_context, region_context=region_context)
         if with_weights:
             _, out.word_weights = self.saf(word_context.unsqueeze(0), words, word_mask)

@@ -15,6 +15,7 @@ from limitr.model.config import ModelConfig
 from limitr.model.image_encoder import ImageEncoder
 from limitr.model.losses import global_loss, local_external_loss, local_internal_loss
 from limitr.model.outputs import ImageEmbeddings, Losses, Scores, TextEmbeddings
+from limitr.model.precision import full_precision
 from limitr.model.position import sincos_2d
 from limitr.model.text_encoder import TextEncoder
 
@@ -126,7 +127,11 @@ class LIMITR(nn.Module):
         chunk: reports per chunk of the local scores (default config.score_chunk).
         """
         cfg = self.config
-        cosine = l2norm(img.global_emb) @ l2norm(txt.global_emb).t()
+        # Under autocast the local scores run their large products in its dtype and return
+        # float32; the cosines, the mean and the losses stay in float32 (model/precision.py).
+        img_unit = l2norm(img.global_emb)
+        with full_precision(img_unit):
+            cosine = img_unit @ l2norm(txt.global_emb).t()
         caption = image = local = None
         if cfg.local_enabled:
             caption, image = self.alignment(
@@ -142,11 +147,12 @@ class LIMITR(nn.Module):
             local = present[0] if len(present) == 1 else (present[0] + present[1]) / 2
         w = cfg.loss_weights
         terms = []
-        if local is not None:
-            terms.append(w.local_external * local)
-        if w.global_ > 0:
-            terms.append(w.global_ * cosine)
-        total = cosine if not terms else (terms[0] if len(terms) == 1 else (terms[0] + terms[1]) / 2)
+        with full_precision(cosine):
+            if local is not None:
+                terms.append(w.local_external * local)
+            if w.global_ > 0:
+                terms.append(w.global_ * cosine)
+            total = cosine if not terms else (terms[0] if len(terms) == 1 else (terms[0] + terms[1]) / 2)
         return Scores(total=total, global_=cosine, local=local, caption=caption, image=image)
 
     def loss(self, img: ImageEmbeddings, txt: TextEmbeddings) -> Losses:
@@ -160,18 +166,21 @@ class LIMITR(nn.Module):
         w = cfg.loss_weights
         scores = self.similarity(img, txt)
         zero = scores.global_.new_zeros(())
-        local_ext = local_external_loss(scores.caption, scores.image, cfg.temp3) if cfg.local_enabled else zero
-        glob = global_loss(scores.global_, cfg.temp3)
-        local_int = zero
-        if w.local_internal > 0:
+        matched = None
+        if w.local_internal > 0:  # its context products may run under autocast
             matched = self.alignment.matched(
                 txt.local, txt.local_mask, img.local, img.local_mask,
                 with_weights=cfg.internal_weighting == "saf",
             )
-            local_int = local_internal_loss(
-                matched, txt.local, txt.local_mask, img.local, img.local_mask, cfg.internal_weighting
-            )
-        total = w.local_external * local_ext + w.local_internal * local_int + w.global_ * glob
+        with full_precision(zero):  # cross-entropies and their means in float32 at least
+            local_ext = local_external_loss(scores.caption, scores.image, cfg.temp3) if cfg.local_enabled else zero
+            glob = global_loss(scores.global_, cfg.temp3)
+            local_int = zero
+            if matched is not None:
+                local_int = local_internal_loss(
+                    matched, txt.local, txt.local_mask, img.local, img.local_mask, cfg.internal_weighting
+                )
+            total = w.local_external * local_ext + w.local_internal * local_int + w.global_ * glob
         return Losses(total=total, local_external=local_ext, local_internal=local_int, global_=glob)
 
     def grounding_maps(self, img: ImageEmbeddings, txt: TextEmbeddings) -> torch.Tensor:

@@ -4,6 +4,10 @@ Score matrices are (n_images, n_texts) with the matching pairs on the diagonal. 
 contrastive term is the cross-entropy over the rows (image -> its report among all
 reports) plus the cross-entropy over the columns (report -> its study), summed, as the
 public code does.
+
+The losses compute in float32 at least, with autocast off: low-precision score matrices
+and contexts are upcast first, since the cross-entropies' log-sum-exps and batch means
+need more than bf16's 8 bits.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from limitr.model.alignment import MatchedAlignment, l2norm
+from limitr.model.precision import full_precision, upcast
 
 #: Temperature of the local internal loss (method.md).
 INTERNAL_TEMPERATURE = 0.1
@@ -25,8 +30,10 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     """CE over rows + CE over columns of a square (B, B) logit matrix, positives on the diagonal."""
     if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
         raise ValueError(f"contrastive_loss needs a square matrix, got {tuple(logits.shape)}")
+    logits = upcast(logits)
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
+    with full_precision(logits):
+        return F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
 
 
 def local_external_loss(
@@ -55,15 +62,17 @@ def _self_contrast(
     cross-entropies with target k are averaged, weighted by weights[b, k] and summed
     over k; the result is the mean over the batch.
     """
-    logits = torch.bmm(l2norm(items), l2norm(contexts).transpose(1, 2)) / INTERNAL_TEMPERATURE
-    keep_cols = mask.unsqueeze(1)  # (B, 1, K): which k' may be chosen
-    rows = torch.log_softmax(logits.masked_fill(~keep_cols, float("-inf")), dim=-1)
-    cols = torch.log_softmax(logits.masked_fill(~keep_cols.transpose(1, 2), float("-inf")), dim=-2)
-    # The diagonal holds the targets; masked k have weight zero and are zeroed first
-    # (their log-probabilities are -inf and 0 * -inf would be NaN).
-    nll = -(rows.diagonal(dim1=1, dim2=2) + cols.diagonal(dim1=1, dim2=2)) / 2
-    nll = nll.masked_fill(~mask, 0.0)
-    return (weights * nll).sum(dim=1).mean()
+    items, contexts, weights = l2norm(items), l2norm(contexts), upcast(weights)  # float32 at least
+    with full_precision(items):
+        logits = torch.bmm(items, contexts.transpose(1, 2)) / INTERNAL_TEMPERATURE
+        keep_cols = mask.unsqueeze(1)  # (B, 1, K): which k' may be chosen
+        rows = torch.log_softmax(logits.masked_fill(~keep_cols, float("-inf")), dim=-1)
+        cols = torch.log_softmax(logits.masked_fill(~keep_cols.transpose(1, 2), float("-inf")), dim=-2)
+        # The diagonal holds the targets; masked k have weight zero and are zeroed first
+        # (their log-probabilities are -inf and 0 * -inf would be NaN).
+        nll = -(rows.diagonal(dim1=1, dim2=2) + cols.diagonal(dim1=1, dim2=2)) / 2
+        nll = nll.masked_fill(~mask, 0.0)
+        return (weights * nll).sum(dim=1).mean()
 
 
 def uniform_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

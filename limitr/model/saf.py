@@ -14,13 +14,26 @@ multiplies over tiles of pairs, and the elementwise steps around it are done in 
 tile-sized buffers that stay in cache, with a hand-written backward: an autograd graph of
 plain tensor ops would stream about ten full pairs x K x D tensors through memory, which on
 a CPU costs more than the matrix multiplies themselves.
+
+Mixed precision (see :mod:`limitr.model.precision`): the custom function reads the autocast
+state when it is applied, as ``torch.amp.custom_fwd`` does, but for whatever device the
+tensors are on, and runs its own casts with autocast off in both passes. The compute dtype
+(bf16 under bf16 autocast) is used for the products with L1 (forward, and the two backward
+products with twice its cost), for the stored tanh(L1 s) activations and the weight logits
+h . ug; the similarity vectors s, their norms, the gate, the softmax, the pooled vector, the
+weight gradients and every sum over pairs or positions stay in float32 (the input dtype
+when it is float32 or float64, so the float64 parity checks are exact).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import torch
 from torch import nn
+
+from limitr.model.precision import accumulate_dtype, compute_dtype
 
 #: Elements of a (pairs, K, D) tile processed at once on a CPU: a few MB per tile buffer,
 #: so that the handful of buffers a tile needs stays near the last-level cache while the
@@ -59,7 +72,8 @@ class SAF(nn.Module):
         feature: (P, K, D) features f_k, shared by the A pairs of each column p.
         mask: (P, K) bool, True for real words / regions (at least one per row).
         Returns pooled (A, P, D), the unnormalised sum_k a_k s_k, and weights (A, P, K)
-        (zero where masked).
+        (zero where masked), both in float32 at least (the inputs' dtype when that is wider).
+        Under autocast the projections run in the autocast dtype (module docstring).
         """
         params = (
             self.local_proj.weight,
@@ -70,17 +84,25 @@ class SAF(nn.Module):
             self.weight_proj.bias,
         )
         dropout = self.dropout if self.training else 0.0
+        compute = compute_dtype(context)
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (context, feature, *params)
         )
         if needs_grad:
-            return SAFPoolFunction.apply(context, feature, mask, *params, dropout)
+            return SAFPoolFunction.apply(context, feature, mask, *params, dropout, compute)
         # Inference: nothing is kept for a backward, so the activations stay tile-sized.
         with torch.autocast(device_type=context.device.type, enabled=False):
-            dtype = context.dtype
-            cast = tuple(t.detach().to(dtype) for t in params)
-            pooled, weights, _ = saf_pool_forward(context, feature.to(dtype), mask, cast, dropout, save=False)
+            cast = _cast_params(tuple(t.detach() for t in params), compute)
+            acc = accumulate_dtype(compute)
+            pooled, weights, _ = saf_pool_forward(context, feature.to(acc), mask, cast, dropout, save=False)
         return pooled, weights
+
+
+def _cast_params(params: tuple[torch.Tensor, ...], compute: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(w1, b1) in the compute dtype (the large products); w2, b2, u, ub in the accumulate dtype."""
+    acc = accumulate_dtype(compute)
+    w1, b1, w2, b2, u, ub = params
+    return (w1.to(compute), b1.to(compute), w2.to(acc), b2.to(acc), u.to(acc), ub.to(acc))
 
 
 def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -118,46 +140,51 @@ def saf_pool_forward(
     dropout: float,
     save: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[dict]]:
-    """The tiled forward. params = (w1, b1, w2, b2, u, ub) already in the compute dtype.
+    """The tiled forward. params = (w1, b1, w2, b2, u, ub) as :func:`_cast_params` gives them:
+    the dtype of w1 is the compute dtype, that of w2 (and of ``feature``) the accumulate dtype.
 
-    Returns pooled (A, P, D), weights (A, P, K) and, when ``save``, what the backward
-    needs; without ``save`` the (A, P, K, D) activations live only tile by tile.
+    Returns pooled (A, P, D) and weights (A, P, K) in the accumulate dtype and, when ``save``,
+    what the backward needs; without ``save`` the (A, P, K, D) activations live only tile by tile.
     """
     w1, b1, w2, b2, u, ub = params
     n_a, n_p, k, d = context.shape
-    dtype, device = context.dtype, context.device
-    maskf = mask.to(dtype)
+    cd, acc, device = w1.dtype, w2.dtype, context.device
+    maskf = mask.to(acc)
     mean_w = maskf / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (P, K)
-    pooled = torch.empty(n_a, n_p, d, dtype=dtype, device=device)
-    weights = torch.empty(n_a, n_p, k, dtype=dtype, device=device)
+    pooled = torch.empty(n_a, n_p, d, dtype=acc, device=device)
+    weights = torch.empty(n_a, n_p, k, dtype=acc, device=device)
     saved: Optional[dict] = None
     if save:
         saved = {
             "mean_w": mean_w,
-            "norms": torch.empty(n_a, n_p, k, 1, dtype=dtype, device=device),
-            "act": torch.empty(n_a, n_p, k, d, dtype=dtype, device=device),  # tanh(L1 s)
+            "norms": torch.empty(n_a, n_p, k, 1, dtype=acc, device=device),
+            "act": torch.empty(n_a, n_p, k, d, dtype=cd, device=device),  # tanh(L1 s), compute dtype
             "keep": torch.empty(n_a, n_p, k, d, dtype=torch.bool, device=device) if dropout > 0 else None,
-            "means": torch.empty(n_a, n_p, d, dtype=dtype, device=device),
-            "gate": torch.empty(n_a, n_p, d, dtype=dtype, device=device),  # tanh(L2 m), pre-dropout
+            "means": torch.empty(n_a, n_p, d, dtype=acc, device=device),
+            "gate": torch.empty(n_a, n_p, d, dtype=acc, device=device),  # tanh(L2 m), pre-dropout
             "gate_keep": torch.empty(n_a, n_p, d, dtype=torch.bool, device=device) if dropout > 0 else None,
             "scale": 1.0,
         }
     budget = CPU_TILE_ELEMENTS if device.type == "cpu" else DEVICE_TILE_ELEMENTS
     for a0, a1, p0, p1 in _tiles(n_a, n_p, k * d, budget):
         na, npp = a1 - a0, p1 - p0
+        # s, its norm and the mean in the accumulate dtype (float32 under autocast): the
+        # feature is in that dtype, and type promotion makes the product so.
         s = context[a0:a1, p0:p1] * feature[p0:p1]
         nrm = torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
         s.div_(nrm)
         m = torch.matmul(mean_w[p0:p1].unsqueeze(-2), s).squeeze(-2)  # (na, np, D)
-        g = torch.addmm(b2, m.reshape(na * npp, d), w2.t()).tanh_()
+        g = torch.addmm(b2, m.reshape(na * npp, d), w2.t()).tanh_()  # small: pairs x D^2
+        s_cd = s.to(cd)  # the L1 product, the largest of the method, in the compute dtype
         if saved is not None:
             h = saved["act"][a0:a1, p0:p1]
-            torch.addmm(b1, s.view(-1, d), w1.t(), out=h.view(-1, d))
+            torch.addmm(b1, s_cd.view(-1, d), w1.t(), out=h.view(-1, d))
             saved["norms"][a0:a1, p0:p1] = nrm
             saved["means"][a0:a1, p0:p1] = m
             saved["gate"][a0:a1, p0:p1] = g.view(na, npp, d)
         else:
-            h = torch.addmm(b1, s.view(-1, d), w1.t()).view(na, npp, k, d)
+            h = torch.addmm(b1, s_cd.view(-1, d), w1.t()).view(na, npp, k, d)
+        del s_cd
         h.tanh_()
         if dropout > 0:
             km, scale = dropout_keep_mask(h.shape, dropout, device)
@@ -170,8 +197,9 @@ def saf_pool_forward(
             g = g * gk * (scale * scale)  # both dropout rescales folded into the gate
         else:
             h_used = h
-        ug = (g * u).view(na, npp, d, 1)
-        e = torch.matmul(h_used, ug).squeeze(-1) + ub
+        ug = (g * u).to(cd).view(na, npp, d, 1)
+        # The logits leave the product in the compute dtype; bias, mask and softmax in acc.
+        e = torch.matmul(h_used, ug).squeeze(-1).to(acc) + ub
         e.masked_fill_(~mask[p0:p1], float("-inf"))
         wts = torch.softmax(e, dim=-1)
         weights[a0:a1, p0:p1] = wts
@@ -185,15 +213,22 @@ class SAFPoolFunction(torch.autograd.Function):
     Saves the context, the tanh(L1 s) activations, the norms, weights and the dropout
     masks; s itself is recomputed per tile in backward from context and feature (cheap,
     in cache) instead of being stored.
+
+    ``compute`` is the dtype of the L1 products (None = the context's dtype); the caller
+    reads it from the autocast state (:func:`limitr.model.precision.compute_dtype`) when it
+    applies the function, and both passes run with autocast off on their own casts, so the
+    backward does the same as the forward whatever autocast state it runs under.
     """
 
     @staticmethod
-    def forward(ctx, context, feature, mask, w1, b1, w2, b2, u, ub, dropout):  # type: ignore[override]
+    def forward(ctx, context, feature, mask, w1, b1, w2, b2, u, ub, dropout, compute=None):  # type: ignore[override]
         ctx.param_dtypes = tuple(t.dtype for t in (w1, b1, w2, b2, u, ub))
-        dtype = context.dtype
+        ctx.feature_dtype = feature.dtype
+        compute = context.dtype if compute is None else compute
+        acc = accumulate_dtype(compute)
         with torch.autocast(device_type=context.device.type, enabled=False):
-            feature = feature.to(dtype)
-            params = tuple(t.to(dtype) for t in (w1, b1, w2, b2, u, ub))
+            feature = feature.to(acc)
+            params = _cast_params((w1, b1, w2, b2, u, ub), compute)
             pooled, weights, saved = saf_pool_forward(context, feature, mask, params, dropout, save=True)
         assert saved is not None
         w1c, _, w2c, _, uc, _ = params
@@ -211,15 +246,17 @@ class SAFPoolFunction(torch.autograd.Function):
     def backward(ctx, grad_pooled, grad_weights):  # type: ignore[override]
         (context, feature, mask, mean_w, norms, act, keep, means, gate, gate_keep, weights, w1, w2, u) = ctx.saved_tensors
         n_a, n_p, k, d = context.shape
-        dtype, device = context.dtype, context.device
+        device = context.device
+        cd, acc = w1.dtype, w2.dtype  # compute and accumulate dtypes of the forward
         dropout, scale = ctx.dropout, ctx.scale
         with torch.autocast(device_type=device.type, enabled=False):
             if grad_pooled is None:
-                grad_pooled = torch.zeros(n_a, n_p, d, dtype=dtype, device=device)
-            grad_pooled = grad_pooled.to(dtype)
+                grad_pooled = torch.zeros(n_a, n_p, d, dtype=acc, device=device)
+            grad_pooled = grad_pooled.to(acc)
             if grad_weights is not None:
-                grad_weights = grad_weights.to(dtype)
-            acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+                grad_weights = grad_weights.to(acc)
+            # Parameter gradients are sums over every pair and position: accumulated in
+            # float32 at least, whatever the compute dtype.
             g_w1 = torch.zeros(d, d, dtype=acc, device=device)
             g_b1 = torch.zeros(d, dtype=acc, device=device)
             g_w2 = torch.zeros(d, d, dtype=acc, device=device)
@@ -235,8 +272,8 @@ class SAFPoolFunction(torch.autograd.Function):
                 c = context[a0:a1, p0:p1]
                 f = feature[p0:p1]
                 nrm = norms[a0:a1, p0:p1]
-                s = (c * f).div_(nrm)  # recomputed, (na, np, K, D)
-                h = act[a0:a1, p0:p1]
+                s = (c * f).div_(nrm)  # recomputed, (na, np, K, D), accumulate dtype (promotion)
+                h = act[a0:a1, p0:p1]  # compute dtype
                 wts = weights[a0:a1, p0:p1]
                 gv = grad_pooled[a0:a1, p0:p1]  # (na, np, D)
                 g = gate[a0:a1, p0:p1].reshape(na * npp, d)
@@ -248,25 +285,28 @@ class SAFPoolFunction(torch.autograd.Function):
                     g_used = g
                 ug = g_used * u  # (rows, D)
 
-                # Softmax of the weights, backward: grad wrt the logits e.
+                # Softmax of the weights, backward: grad wrt the logits e (accumulate dtype).
                 g_a = torch.matmul(s, gv.unsqueeze(-1)).squeeze(-1)  # (na, np, K)
                 if grad_weights is not None:
                     g_a = g_a + grad_weights[a0:a1, p0:p1]
                 g_e = wts * (g_a - (wts * g_a).sum(dim=-1, keepdim=True))
                 g_ub += g_e.sum()
+                g_e_cd = g_e.to(cd)
                 # e = h_used . ug: gradients of ug (per pair) and of h (per position).
                 h_used = h * km if km is not None else h
-                g_ug = torch.matmul(g_e.unsqueeze(-2), h_used).squeeze(-2).reshape(na * npp, d)
+                g_ug = torch.matmul(g_e_cd.unsqueeze(-2), h_used).squeeze(-2).reshape(na * npp, d).to(acc)
                 del h_used
-                g_h = g_e.unsqueeze(-1) * ug.view(na, npp, 1, d)
+                g_h = g_e_cd.unsqueeze(-1) * ug.to(cd).view(na, npp, 1, d)
                 if km is not None:
                     g_h.mul_(km)
                 torch.ops.aten.tanh_backward.grad_input(g_h, h, grad_input=g_h)  # now grad of L1 s
+                # The two products with L1 (twice the forward's cost) in the compute dtype.
                 g_z = g_h.view(-1, d)
-                s2 = s.view(-1, d)
+                s2 = s.view(-1, d).to(cd)
                 g_w1 += torch.mm(g_z.t(), s2).to(acc)
-                g_b1 += g_z.sum(dim=0)
-                g_s = torch.mm(g_z, w1).view(na, npp, k, d)
+                g_b1 += g_z.sum(dim=0, dtype=acc)
+                del s2
+                g_s = torch.mm(g_z, w1).view(na, npp, k, d).to(acc)
                 del g_h, g_z
                 g_s.addcmul_(wts.unsqueeze(-1), gv.unsqueeze(-2))  # from pooled = sum_k a_k s_k
                 # The gate path: ug = u * drop(tanh(L2 m)).
@@ -276,7 +316,7 @@ class SAFPoolFunction(torch.autograd.Function):
                     g_g = g_g * gate_keep[a0:a1, p0:p1].reshape(na * npp, d) * (scale * scale)
                 g_gz = torch.ops.aten.tanh_backward(g_g, g)
                 m = means[a0:a1, p0:p1].reshape(na * npp, d)
-                g_w2 += torch.mm(g_gz.t(), m).to(acc)
+                g_w2 += torch.mm(g_gz.t(), m)
                 g_b2 += g_gz.sum(dim=0)
                 g_m = torch.mm(g_gz, w2).view(na, npp, 1, d)
                 g_s.addcmul_(mean_w[p0:p1].unsqueeze(-1), g_m)
@@ -284,31 +324,13 @@ class SAFPoolFunction(torch.autograd.Function):
                 # Where the norm was clamped, s = x / eps is linear in x: no projection term.
                 dot = torch.linalg.vecdot(s, g_s).unsqueeze(-1) * (nrm > NORM_EPS)
                 g_s.addcmul_(s, dot, value=-1.0).div_(nrm)  # now grad of x
-                if g_context is not None:
+                if g_context is not None:  # rounded to the context's dtype on the way out
                     torch.mul(g_s, f, out=g_context[a0:a1, p0:p1])
                 if g_feature is not None:
                     g_feature[p0:p1] += (g_s * c).sum(dim=0)
 
         dtypes = ctx.param_dtypes
         grads = [g.to(t) for g, t in zip((g_w1, g_b1, g_w2, g_b2, g_u, g_ub), dtypes)]
-        return (g_context, g_feature, None, *grads, None)
-
-
-def pool_reference(
-    saf: SAF, context: torch.Tensor, feature: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same pooling written with plain autograd tensor ops (no tiling, no custom backward).
-
-    Shapes as :meth:`SAF.forward`; the dropout is applied with ``torch.nn.functional.dropout``
-    when the module is training. Slower and hungrier for memory; kept for checking.
-    """
-    s = context * feature
-    s = s / torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    maskf = mask.to(s.dtype)
-    mean = (s * maskf.unsqueeze(-1)).sum(dim=-2) / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)
-    p = saf.dropout if saf.training else 0.0
-    h = nn.functional.dropout(torch.tanh(saf.local_proj(s)), p, saf.training)
-    g = nn.functional.dropout(torch.tanh(saf.mean_proj(mean)), p, saf.training)
-    e = saf.weight_proj(h * g.unsqueeze(-2)).squeeze(-1).masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(e, dim=-1)
-    return torch.matmul(weights.unsqueeze(-2), s).squeeze(-2), weights
+        if g_feature is not None:
+            g_feature = g_feature.to(ctx.feature_dtype)
+        return (g_context, g_feature, None, *grads, None, None)

@@ -238,7 +238,7 @@ def as_float32(bundle: T) -> T:
 
 class GlobalBatchLoss(nn.Module):
     """Encode this rank's studies, gather the global batch, return ``model.loss`` over it
-    (in float32, whatever autocast the encoders ran under).
+    (float32 losses, whatever autocast the forward runs under).
 
     This is the module DDP wraps (DDP only prepares gradient reduction in ``forward``).
     Inputs as ``ModelInputs``: frontal, lateral (or None), has_lateral, input_ids,
@@ -261,10 +261,11 @@ class GlobalBatchLoss(nn.Module):
     ):
         img = gather_with_grad(self.model.encode_images(frontal, lateral, has_lateral), self.ctx)
         txt = gather_with_grad(self.model.encode_text(input_ids, attention_mask, word_ids), self.ctx)
-        # Encoders may run under autocast; the scores (softmaxes, sigmoids, the SAF kernel)
-        # run in float32.
-        with torch.autocast(device_type=frontal.device.type, enabled=False):
-            return self.model.loss(as_float32(img), as_float32(txt))
+        # The gathered embeddings are small (B x (N + M) x D): float32 copies keep the
+        # elementwise work on them exact. Under autocast the loss still runs its large
+        # products (attention contexts, SAF projections) in the autocast dtype and keeps the
+        # softmaxes, norms, scores and loss reductions in float32 (limitr/model/precision.py).
+        return self.model.loss(as_float32(img), as_float32(txt))
 
 
 def wrap_for_training(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:

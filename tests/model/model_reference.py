@@ -136,3 +136,24 @@ def sincos_reference(height: int, width: int, dim: int, temperature: float = 100
                 out[row, 2 * quarter + i] = math.sin(y * omega)
                 out[row, 3 * quarter + i] = math.cos(y * omega)
     return out
+
+
+def pool_reference(
+    saf, context: torch.Tensor, feature: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same pooling written with plain autograd tensor ops (no tiling, no custom backward).
+
+    Shapes as :meth:`limitr.model.saf.SAF.forward`; the dropout is applied with
+    ``torch.nn.functional.dropout`` when the module is training. Batched like the kernel,
+    so its gradients are checked against autograd of these plain ops.
+    """
+    s = context * feature
+    s = s / torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min(1e-8)
+    maskf = mask.to(s.dtype)
+    mean = (s * maskf.unsqueeze(-1)).sum(dim=-2) / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    p = saf.dropout if saf.training else 0.0
+    h = torch.nn.functional.dropout(torch.tanh(saf.local_proj(s)), p, saf.training)
+    g = torch.nn.functional.dropout(torch.tanh(saf.mean_proj(mean)), p, saf.training)
+    e = saf.weight_proj(h * g.unsqueeze(-2)).squeeze(-1).masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(e, dim=-1)
+    return torch.matmul(weights.unsqueeze(-2), s).squeeze(-2), weights

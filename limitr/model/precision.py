@@ -1,0 +1,64 @@
+"""Mixed precision: which parts of the model run in the autocast dtype and which in float32.
+
+Under ``torch.autocast`` (bf16 on CUDA and on CPUs that have it, fp16 on older GPUs) the
+large matrix products run in the low dtype: the encoders, the attention-context products
+and the SAF projections (the largest work of the method, 2 B^2 (N+M) D^2 per step). What
+needs more than bf16's 8 significant bits is kept in float32 (never lower than the input
+dtype, so float64 stays float64):
+
+- norms and normalised vectors (a norm is a sum of D squares; cosines feed the losses);
+- the logits of the attention and their softmaxes (the second softmax is sharpened by temp1,
+  so a logit error of 2^-8 relative would move the weights by about temp1 times that);
+- the SAF's similarity vectors, weight logits, softmax, pooled vector and gradient sums;
+- the score heads and their sigmoids (scores rank up to thousands of candidates: in bf16
+  a score in (0.5, 1) has a step of 2^-8 and ties would swamp the retrieval metrics);
+- the global cosine matrix and every loss reduction (cross-entropies over the batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the 16-bit float dtypes, ``dtype`` itself otherwise."""
+    return torch.float32 if dtype in _LOW else dtype
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of matrix products on ``x`` under the current autocast state of its device:
+    the autocast dtype when autocast is on (float64 is left alone, as autocast does), else
+    ``x.dtype``."""
+    device_type = x.device.type
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is fp16 or bf16, unchanged otherwise."""
+    return x.to(accumulate_dtype(x.dtype))
+
+
+def full_precision(x: torch.Tensor):
+    """A context in which autocast is off on ``x``'s device (ops run in their inputs' dtype)."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has the instructions oneDNN uses for fast bf16 (AVX-512 BW/VL/DQ on
+    x86, BF16 on Arm). Without them bf16 autocast still runs and gives the same kind of
+    results (torch converts in software), only slower than float32: a caller may say so."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
