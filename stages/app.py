@@ -1,6 +1,9 @@
 """Console entry point: ``limitr <stage>`` and ``python -m stages <stage>``."""
 
 import importlib
+import sys
+
+import typer
 
 from stages.cli import app
 
@@ -12,4 +15,7 @@ for _name in STAGE_MODULES:
 
 
 def main() -> None:
-    app()
+    from stages.common import effective_defaults
+
+    # Every option's default is its value in the params file in use, so --help shows it.
+    app(default_map=effective_defaults(sys.argv[1:], typer.main.get_command(app)))
