@@ -120,6 +120,19 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _known_input_error(exc: BaseException) -> Optional[str]:
+    """One line for a damaged input file read by a library that does not name it (a Parquet
+    or safetensors file); None for anything else."""
+    kind = type(exc)
+    if kind.__module__.startswith("pyarrow"):
+        return (f"a Parquet file could not be read ({str(exc).splitlines()[0] if str(exc) else kind.__name__}): "
+                "an input folder is damaged or truncated; rerun the stage that wrote it")
+    if kind.__name__ == "SafetensorError":
+        return (f"a model.safetensors file could not be read ({str(exc).splitlines()[0]}): it is damaged "
+                "or truncated; rerun train, or pass --no-resume")
+    return None
+
+
 @contextlib.contextmanager
 def stage_errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line and exit code 1, no traceback."""
@@ -129,6 +142,13 @@ def stage_errors() -> Iterator[None]:
         fail(str(exc))
     except FileNotFoundError as exc:
         fail(f"file not found: {exc.filename or exc}")
+    except IsADirectoryError as exc:
+        fail(f"{exc.filename or exc} is a folder where a file was expected")
+    except Exception as exc:  # noqa: BLE001 - only the kinds below; anything else is a bug
+        message = _known_input_error(exc)
+        if message is None:
+            raise
+        fail(message)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(code=130)

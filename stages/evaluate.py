@@ -5,6 +5,8 @@ retrieval.json, class_retrieval.json, zero_shot.json, grounding.json and probes.
 synthetic data's side, zone and effusion-size probes; a task without its table or ground
 truth writes ``{"skipped": reason}``), and into ``--plots`` (default metrics/plots/):
 recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png overlays.
+``summary.json`` holds the headline figures (:data:`SUMMARY_KEYS`): the metrics file DVC
+shows by default; the detailed files stay beside it as plain outputs.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
-    base,
     optional_path,
-    override,
     print_table,
     progress_bar,
     resolve_device,
-    section,
     stage_errors,
+    stage_settings,
     write_json,
 )
 
@@ -37,6 +37,56 @@ METRIC_FILES = {
     "grounding": "grounding.json",
     "probes": "probes.json",
 }
+
+
+#: The headline figures, the one file ``dvc metrics show`` / ``diff`` and ``dvc exp show`` read.
+SUMMARY_FILE = "summary.json"
+SUMMARY_KEYS: tuple[str, ...] = (
+    "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
+    "class_t2i_P@5", "class_t2i_P@10", "zero_shot_auroc",
+    "grounding_cnr", "grounding_pointing", "grounding_miou", "best_epoch",
+)
+
+
+def _get(tree: Any, *path: Any) -> Any:
+    for part in path:
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _best_epoch(model_dir: Path) -> Any:
+    """The epoch of the weights in ``model_dir/best`` (from its metrics.json), or None."""
+    import json
+
+    for path in (Path(model_dir) / "best" / "metrics.json", Path(model_dir) / "metrics.json"):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()).get("epoch")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def headline_figures(results: dict, block_key: str, model_dir: Path) -> dict:
+    """The dozen figures a reader compares between runs (percent for recalls and precisions;
+    None where a task was skipped). Every key of :data:`SUMMARY_KEYS`, in that order."""
+    full = _get(results, "retrieval", "full") or {}
+    figures: dict = {}
+    for d in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            figures[f"{d}_R@{k}"] = _get(full, d, f"R@{k}")
+    figures["r_sum"] = full.get("r_sum")
+    figures["block_r_sum"] = _get(results, "retrieval", block_key, "r_sum")
+    figures["class_t2i_P@5"] = _get(results, "class_retrieval", "t2i", "P@5", "mean")
+    figures["class_t2i_P@10"] = _get(results, "class_retrieval", "t2i", "P@10", "mean")
+    figures["zero_shot_auroc"] = _get(results, "zero_shot", "auroc", "mean")
+    figures["grounding_cnr"] = _get(results, "grounding", "cnr", "mean")
+    figures["grounding_pointing"] = _get(results, "grounding", "pointing_game", "mean")
+    figures["grounding_miou"] = _get(results, "grounding", "miou", "mean")
+    figures["best_epoch"] = _best_epoch(model_dir)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
 
 
 def _json_ready(value: Any) -> Any:
@@ -124,24 +174,22 @@ def evaluate_stage(
 ) -> None:
     """Score the saved embeddings with the model's similarity and write metrics and plots."""
     with stage_errors():
-        from limitr.errors import LimitrError
         from limitr.eval.embed import load_model
         from limitr.eval.evaluate import EvalSettings, plan_tasks
         from limitr.eval.plots import draw_grounding_example, draw_message, slug, write_series_tsv
 
-        cfg = section(params, "evaluate")
-        emb_dir = optional_path(override(embeddings, cfg, "embeddings", "data/embeddings"))
-        model_dir = optional_path(override(model, cfg, "model", "data/model"))
-        shards_dir = optional_path(override(shards, cfg, "shards", "data/shards"))
-        metrics_dir = optional_path(override(metrics, cfg, "metrics", "metrics"))
-        plots_dir = optional_path(override(plots, cfg, "plots", "metrics/plots"))
-        truth_file = optional_path(override(ground_truth, cfg, "ground_truth"))
-        dev = resolve_device(override(device, base(params), "device", "auto"))
-        block = int(override(block_size, cfg, "block_size", 1000))
-        top_k = override(rerank_top_k, cfg, "rerank_top_k")
-        score_block = int(cfg.get("score_block") or 64)
-        if block < 1 or score_block < 1:
-            raise LimitrError("evaluate.block_size and evaluate.score_block must be positive")
+        chosen = stage_settings(params, "evaluate", dict(
+            embeddings=embeddings, model=model, shards=shards, metrics=metrics, plots=plots,
+            ground_truth=ground_truth, block_size=block_size,
+            rerank_top_k=None if rerank_top_k == 0 else rerank_top_k,
+        ), base_overrides=dict(device=device))
+        cfg = chosen.evaluate
+        dev = resolve_device(chosen.base.device)  # before any work
+        emb_dir, model_dir, shards_dir = Path(cfg.embeddings), Path(cfg.model), Path(cfg.shards)
+        metrics_dir, plots_dir = Path(cfg.metrics), Path(cfg.plots)
+        truth_file = optional_path(cfg.ground_truth)
+        block, score_block = cfg.block_size, cfg.score_block
+        top_k = None if rerank_top_k == 0 else cfg.rerank_top_k
 
         net, run_config = load_model(model_dir, dev)
         settings = EvalSettings(
@@ -161,6 +209,7 @@ def evaluate_stage(
 
         for name, file_name in METRIC_FILES.items():
             write_json(metrics_dir / file_name, _json_ready(results[name]))
+        write_json(metrics_dir / SUMMARY_FILE, _json_ready(headline_figures(results, f"block{block}", model_dir)))
         curves = results["retrieval"].get("_curves", {"k": []})
         write_series_tsv(plots_dir / "recall_at_k.tsv", curves)
         precision = results["class_retrieval"].get("_curves", {"k": [], "t2i": [], "i2t": []})

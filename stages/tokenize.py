@@ -61,6 +61,7 @@ def tokenize_stage(
             with progress_bar(count_texts(shards_dir), "tokenize", unit="text") as bar:
                 report = tokenize_shards(shards_dir, tmp, tok, max_length=length, progress=bar.update,
                                          tokenizer_name=name)
+            report["trained_wordpiece"] = cfg.train_wordpiece
             write_json(tmp / "report.json", report)
 
         rows: list[tuple[str, object]] = [("tokenizer", name), ("vocabulary", report["vocab_size"])]

@@ -14,11 +14,11 @@ def test_section_and_override(tmp_path: Path) -> None:
     params = tmp_path / "p.yaml"
     params.write_text("base:\n  seed: 3\nsynthesize:\n  n_studies: 10\n  out: x\n")
     cfg = section(params, "synthesize")
-    assert cfg == {"n_studies": 10, "out": "x"}
+    assert cfg == {"n_studies": 10, "out": "x", "fault_rate": 0.0, "image_scale": 0.125, "workers": None}
     assert override(None, cfg, "n_studies") == 10
     assert override(5, cfg, "n_studies") == 5
     assert override(None, cfg, "absent", default=7) == 7
-    assert section(params, "absent") == {}
+    assert section(params, "tokenize")["max_length"] == 97  # an absent section: its defaults
 
 
 def test_missing_params_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import torch
 from limitr.errors import LimitrError
 from limitr.progress import ProgressFn, advance
 from limitr.train import checkpoint as ckpt
-from limitr.train.config import RESUMABLE_CHANGES, TrainConfig
+from limitr.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_num_workers
 from limitr.train.curves import CurveWriter
 from limitr.train.dataset import ModelInputs, StudyDataset, collate_studies
 from limitr.train.distributed import (
@@ -181,7 +181,7 @@ def train(
             "lower the batch size or use more data"
         )
     loader_kwargs = dict(
-        collate_fn=collate_studies, num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda"
+        collate_fn=collate_studies, num_workers=resolve_num_workers(train_cfg.num_workers), pin_memory=device.type == "cuda"
     )
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kwargs)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=train_cfg.batch_size, shuffle=False, **loader_kwargs)
