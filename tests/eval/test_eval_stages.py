@@ -30,7 +30,7 @@ def write_params(root: Path, **evaluate) -> Path:
                   "out": str(root / "emb"), "batch_size": 4, "rows_per_file": 6},
         "evaluate": {"embeddings": str(root / "emb"), "model": str(root / "model"), "shards": str(root / "shards"),
                      "metrics": str(root / "metrics"), "plots": str(root / "metrics" / "plots"),
-                     "block_size": 4, "rerank_top_k": None, "score_block": 3, **evaluate},
+                     "block_size": 4, "rerank_top_k": None, "score_block": 3, "ground_truth": None, **evaluate},
     }
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
