@@ -2,8 +2,9 @@
 
 Reads the ``model``, ``train`` and ``base`` sections. Writes ``--out`` (best/ and last/
 checkpoints, config.json, report.json) and, into ``--metrics``, train.json plus the step and
-epoch curves. Runs unchanged under ``torchrun --nproc_per_node N`` (data-parallel; only rank
-0 prints and writes); ``train.batch_size`` is the global batch over all processes.
+epoch curves logged with DVCLive under ``training/`` (stages/live.py). Runs unchanged under
+``torchrun --nproc_per_node N`` (data-parallel; only rank 0 prints and writes);
+``train.batch_size`` is the global batch over all processes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Optional
 import typer
 
 from stages.cli import app
+from stages.live import LiveCurves, live_callbacks
 from stages.common import (
     PARAMS_OPTION,
     print_table,
@@ -22,6 +24,10 @@ from stages.common import (
     stage_errors,
     stage_settings,
 )
+
+
+#: The DVCLive folder under --metrics (see stages/live.py).
+CURVES_FOLDER = "training"
 
 
 def training_seed(train_sec: dict, base_sec: dict) -> int:
@@ -50,7 +56,7 @@ def train_stage(
         "--resume/--no-resume",
         help="continue out/last, or start afresh; default: continue an unfinished run with the same settings",
     ),
-    metrics: Path = typer.Option(Path("metrics"), help="folder for train.json and the curves"),
+    metrics: Path = typer.Option(Path("metrics"), help="folder for train.json and the DVCLive curves (training/)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
     """Train the model; validation r_sum picks the best epoch and drives the schedule."""
@@ -92,6 +98,8 @@ def train_stage(
                 )
 
             callbacks = TrainCallbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch)
+        curves = LiveCurves(Path(metrics) / CURVES_FOLDER) if ctx.is_main else None
+        callbacks = live_callbacks(curves, callbacks)
         try:
             result = train(
                 model_cfg,
@@ -107,6 +115,8 @@ def train_stage(
                 callbacks=callbacks,
             )
         finally:
+            if curves is not None:
+                curves.close()
             if bar is not None:
                 bar.close()
             shutdown_distributed(ctx)

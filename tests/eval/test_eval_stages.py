@@ -86,6 +86,18 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
     assert retrieval["rerank"]["top_k"] == 3 and "full" in retrieval["rerank"]
     assert set(retrieval["by_score"]) == {"global", "local"}
 
+    # the headline figures: the one file `dvc metrics show` reads, every key filled
+    from stages.evaluate import SUMMARY_KEYS
+
+    summary = json.loads((metrics / "summary.json").read_text())
+    assert list(summary) == list(SUMMARY_KEYS)
+    assert summary["i2t_R@1"] == pytest.approx(want["i2t"]["R@1"], abs=1e-4)
+    assert summary["r_sum"] == pytest.approx(retrieval["full"]["r_sum"], abs=1e-4)
+    assert summary["block_r_sum"] == pytest.approx(retrieval["block4"]["r_sum"], abs=1e-4)
+    for key in SUMMARY_KEYS:
+        if key != "best_epoch":  # the stand-in model has no training history
+            assert isinstance(summary[key], float), key
+
     cr = json.loads((metrics / "class_retrieval.json").read_text())
     assert set(cr["t2i"]) == {"P@5", "P@10"} and set(cr["i2t"]) == {"P@5", "P@10"}  # 10 items: no P@50
     assert set(cr["t2i"]["P@5"]) == {"mean", "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"}
@@ -154,6 +166,8 @@ def test_absent_tables_write_skipped_metrics(tmp_path: Path, stubbed: StubModel)
     assert "full" in json.loads((metrics / "retrieval.json").read_text())
     assert "auroc" in json.loads((metrics / "zero_shot.json").read_text())
     assert "ground truth" in json.loads((metrics / "probes.json").read_text())["skipped"]
+    summary = json.loads((metrics / "summary.json").read_text())
+    assert summary["class_t2i_P@5"] is None and summary["grounding_cnr"] is None and summary["r_sum"] is not None
     assert [p.name for p in (metrics / "plots" / "grounding").iterdir()] == ["skipped.png"]
     assert (metrics / "plots" / "precision_at_k.tsv").read_text().strip() == "k\tt2i\ti2t"  # header only
 
@@ -254,3 +268,13 @@ def test_stages_with_the_real_model(tmp_path: Path) -> None:
     gr = json.loads((tmp_path / "metrics" / "grounding.json").read_text())
     assert np.isfinite(gr["pointing_game"]["mean"])
     assert gr["map"] == "word_to_region_attention"
+
+
+def test_summary_names_the_best_epoch_and_leaves_skipped_figures_null(tmp_path: Path) -> None:
+    from stages.evaluate import SUMMARY_KEYS, headline_figures
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "metrics.json").write_text(json.dumps({"epoch": 3, "r_sum": 12.0}))
+    summary = headline_figures({"retrieval": {"skipped": "no test split"}}, "block1000", tmp_path)
+    assert list(summary) == list(SUMMARY_KEYS) and summary["best_epoch"] == 3
+    assert all(summary[k] is None for k in SUMMARY_KEYS if k != "best_epoch")
