@@ -41,11 +41,17 @@ METRIC_FILES = {
 
 #: The headline figures, the one file ``dvc metrics show`` / ``diff`` and ``dvc exp show`` read.
 SUMMARY_FILE = "summary.json"
+#: Short names, so that the table fits a terminal: P@K is the class-based retrieval's
+#: text-to-image precision (class_retrieval.json), auroc the zero-shot mean AUROC
+#: (zero_shot.json), cnr / pointing / miou the grounding means (grounding.json), block_r_sum
+#: the r_sum of the block protocol (evaluate.block_size), best_epoch the epoch of the model.
 SUMMARY_KEYS: tuple[str, ...] = (
     "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
-    "class_t2i_P@5", "class_t2i_P@10", "zero_shot_auroc",
-    "grounding_cnr", "grounding_pointing", "grounding_miou", "best_epoch",
+    "P@5", "P@10", "auroc", "cnr", "pointing", "miou", "best_epoch",
 )
+#: Percent figures are rounded to 2 decimals, the others to 3: a diff shows real changes.
+_PERCENT_KEYS = {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
+                 "P@5", "P@10"}
 
 
 def _get(tree: Any, *path: Any) -> Any:
@@ -79,14 +85,15 @@ def headline_figures(results: dict, block_key: str, model_dir: Path) -> dict:
             figures[f"{d}_R@{k}"] = _get(full, d, f"R@{k}")
     figures["r_sum"] = full.get("r_sum")
     figures["block_r_sum"] = _get(results, "retrieval", block_key, "r_sum")
-    figures["class_t2i_P@5"] = _get(results, "class_retrieval", "t2i", "P@5", "mean")
-    figures["class_t2i_P@10"] = _get(results, "class_retrieval", "t2i", "P@10", "mean")
-    figures["zero_shot_auroc"] = _get(results, "zero_shot", "auroc", "mean")
-    figures["grounding_cnr"] = _get(results, "grounding", "cnr", "mean")
-    figures["grounding_pointing"] = _get(results, "grounding", "pointing_game", "mean")
-    figures["grounding_miou"] = _get(results, "grounding", "miou", "mean")
+    figures["P@5"] = _get(results, "class_retrieval", "t2i", "P@5", "mean")
+    figures["P@10"] = _get(results, "class_retrieval", "t2i", "P@10", "mean")
+    figures["auroc"] = _get(results, "zero_shot", "auroc", "mean")
+    figures["cnr"] = _get(results, "grounding", "cnr", "mean")
+    figures["pointing"] = _get(results, "grounding", "pointing_game", "mean")
+    figures["miou"] = _get(results, "grounding", "miou", "mean")
     figures["best_epoch"] = _best_epoch(model_dir)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
+    return {k: (round(v, 2 if k in _PERCENT_KEYS else 3) if isinstance(v, float) else v)
+            for k, v in figures.items()}
 
 
 def _json_ready(value: Any) -> Any:

@@ -94,7 +94,18 @@ def test_dvc_repro_on_tiny_synthetic(tmp_path: Path) -> None:
     class_retrieval = json.loads((work / "metrics/class_retrieval.json").read_text())
     assert {"t2i", "i2t"} <= set(class_retrieval)
 
+    # The synthetic source ran (its own dvc.yaml) and drew its sheet.
+    assert (work / "data/raw/synthetic/ground_truth.jsonl").is_file()
+    assert (work / "metrics/plots/synthetic_sheet.png").stat().st_size > 0
+    # The headline figures are the only metrics; the training curves come from DVCLive.
+    assert declared_metrics == ["metrics/summary.json"]
+    summary = json.loads((work / "metrics/summary.json").read_text())
+    assert summary["best_epoch"] == 1 and summary["r_sum"] == round(retrieval["full"]["r_sum"], 2)
+    assert (work / "metrics/training/plots/metrics/per_step/loss.tsv").is_file()
+    assert (work / "metrics/training/plots/metrics/per_epoch/r_sum.tsv").is_file()
+
     # A second repro has nothing to do; metrics diff compares against the workspace.
     status = _run(dvc + ["status"], work, env).stdout
     assert "changed" not in status, status
-    _run(dvc + ["metrics", "show"], work, env)
+    shown = _run(dvc + ["metrics", "show"], work, env).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 200, shown  # one table a terminal shows

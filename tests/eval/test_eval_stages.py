@@ -91,9 +91,11 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
 
     summary = json.loads((metrics / "summary.json").read_text())
     assert list(summary) == list(SUMMARY_KEYS)
-    assert summary["i2t_R@1"] == pytest.approx(want["i2t"]["R@1"], abs=1e-4)
-    assert summary["r_sum"] == pytest.approx(retrieval["full"]["r_sum"], abs=1e-4)
-    assert summary["block_r_sum"] == pytest.approx(retrieval["block4"]["r_sum"], abs=1e-4)
+    assert summary["i2t_R@1"] == pytest.approx(want["i2t"]["R@1"], abs=0.005)
+    assert summary["r_sum"] == pytest.approx(retrieval["full"]["r_sum"], abs=0.005)
+    assert summary["block_r_sum"] == pytest.approx(retrieval["block4"]["r_sum"], abs=0.005)
+    class_p5 = json.loads((metrics / "class_retrieval.json").read_text())["t2i"]["P@5"]["mean"]
+    assert summary["P@5"] == pytest.approx(class_p5, abs=0.005)
     for key in SUMMARY_KEYS:
         if key != "best_epoch":  # the stand-in model has no training history
             assert isinstance(summary[key], float), key
@@ -167,7 +169,7 @@ def test_absent_tables_write_skipped_metrics(tmp_path: Path, stubbed: StubModel)
     assert "auroc" in json.loads((metrics / "zero_shot.json").read_text())
     assert "ground truth" in json.loads((metrics / "probes.json").read_text())["skipped"]
     summary = json.loads((metrics / "summary.json").read_text())
-    assert summary["class_t2i_P@5"] is None and summary["grounding_cnr"] is None and summary["r_sum"] is not None
+    assert summary["P@5"] is None and summary["cnr"] is None and summary["r_sum"] is not None
     assert [p.name for p in (metrics / "plots" / "grounding").iterdir()] == ["skipped.png"]
     assert (metrics / "plots" / "precision_at_k.tsv").read_text().strip() == "k\tt2i\ti2t"  # header only
 
