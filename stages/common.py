@@ -293,9 +293,11 @@ def resolve_device(name: Optional[str]) -> str:
     return text
 
 
-#: Options whose setting is not ``<command's section>.<option name>``.
-OPTION_SETTINGS: dict[tuple[str, str], tuple[str, str]] = {
+#: Options whose setting is not ``<command's section>.<option name>`` (None: not a setting).
+OPTION_SETTINGS: dict[tuple[str, str], Optional[tuple[str, str]]] = {
     ("sheet", "root"): ("synthesize", "out"),
+    ("sheet", "out"): None,  # the PNG to write
+    ("sheet", "seed"): None,  # picks the studies shown
     ("synthesize", "seed"): ("base", "seed"),
 }
 
@@ -324,12 +326,13 @@ def effective_defaults(argv: list[str], group: Any) -> dict:
         own = "synthesize" if command_name == "sheet" else command_name
         entries = {}
         for param in command.params:
-            target = OPTION_SETTINGS.get((command_name, param.name))
-            if target is None:
-                if own in sections and param.name in sections[own]:
-                    target = (own, param.name)
-                elif param.name in sections["base"]:
-                    target = ("base", param.name)
+            target: Optional[tuple[str, str]] = None
+            if (command_name, param.name) in OPTION_SETTINGS:
+                target = OPTION_SETTINGS[(command_name, param.name)]
+            elif own in sections and param.name in sections[own]:
+                target = (own, param.name)
+            elif param.name in sections["base"]:
+                target = ("base", param.name)
             if target is not None:
                 value = sections[target[0]][target[1]]
                 if isinstance(value, (list, tuple, dict)):

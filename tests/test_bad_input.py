@@ -128,3 +128,15 @@ def test_help_shows_the_values_of_the_params_file_in_use(tmp_path: Path) -> None
     finally:
         for key in env_cols:
             os.environ.pop(key, None)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["synthesize", "--n-studies", "abc"], ["--n-studies", "valid integer"]),
+    (["synthesize", "--fault-rate", "2"], ["--fault-rate"]),
+    (["synthesize", "--n-studys", "3"], ["No such option: --n-studys", "--n-studies"]),
+    (["synthesise"], ["No such command 'synthesise'"]),
+    (["sheet"], ["Missing option '--out'"]),  # its --out is a PNG, not synthesize.out
+])
+def test_command_line_mistakes_are_one_line_too(args: list, words: list, tmp_path: Path) -> None:
+    line = one_line_error(limitr(*args, cwd=tmp_path), *words)
+    assert "--help" in line
