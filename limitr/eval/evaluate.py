@@ -25,6 +25,7 @@ from limitr.eval.prompts import CLASS_PROMPTS, ZERO_SHOT_PROMPTS
 from limitr.eval.scoring import count, score_matrix, take
 from limitr.eval.store import align, has_embeddings, read_embeddings
 from limitr.progress import ProgressFn
+from limitr.settings import default_of
 
 
 @dataclass
@@ -34,9 +35,9 @@ class EvalSettings:
     score_block: images and texts per ``similarity`` call; chunk: the model's report chunk;
     curve_max_k: the recall-at-K curve runs K = 1..curve_max_k; device: where scoring runs."""
 
-    block_size: int = 1000
-    rerank_top_k: Optional[int] = None
-    score_block: int = 64
+    block_size: int = default_of("evaluate", "block_size")
+    rerank_top_k: Optional[int] = default_of("evaluate", "rerank_top_k")
+    score_block: int = default_of("evaluate", "score_block")
     chunk: Optional[int] = None
     curve_max_k: int = 100
     device: str = "cpu"
