@@ -184,7 +184,8 @@ def train(
             "lower the batch size or use more data"
         )
     loader_kwargs = dict(
-        collate_fn=collate_studies, num_workers=resolve_num_workers(train_cfg.num_workers), pin_memory=device.type == "cuda"
+        collate_fn=collate_studies, num_workers=resolve_num_workers(train_cfg.num_workers),
+        pin_memory=device.type == "cuda",
     )
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kwargs)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=train_cfg.batch_size, shuffle=False, **loader_kwargs)
