@@ -140,3 +140,18 @@ def test_help_shows_the_values_of_the_params_file_in_use(tmp_path: Path) -> None
 def test_command_line_mistakes_are_one_line_too(args: list, words: list, tmp_path: Path) -> None:
     line = one_line_error(limitr(*args, cwd=tmp_path), *words)
     assert "--help" in line
+
+
+def test_truncated_model_weights_are_named(tmp_path: Path) -> None:
+    """embed and evaluate load the trained model with from_pretrained: a damaged weights file
+    is a LimitrError (one line through stage_errors) that names it."""
+    from limitr.errors import LimitrError
+    from limitr.model import LIMITR, ModelConfig
+
+    folder = tmp_path / "best"
+    LIMITR(ModelConfig(embed_dim=16, text_freeze_layers=-1)).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    with pytest.raises(LimitrError) as info:
+        LIMITR.from_pretrained(folder)
+    assert str(weights) in str(info.value) and "truncated" in str(info.value) and "\n" not in str(info.value)
