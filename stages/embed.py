@@ -18,14 +18,11 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
-    base,
-    optional_path,
-    override,
     print_table,
     progress_bar,
     resolve_device,
-    section,
     stage_errors,
+    stage_settings,
     write_json,
 )
 
@@ -44,18 +41,16 @@ def embed_stage(
     with stage_errors():
         import torch
 
-        from limitr.errors import LimitrError
         from limitr.eval.embed import EmbedSettings, load_model, model_fingerprint, plan_tasks, resolve_checkpoint
 
-        cfg = section(params, "embed")
-        model_dir = optional_path(override(model, cfg, "model", "data/model"))
-        shards_dir = optional_path(override(shards, cfg, "shards", "data/shards"))
-        tokens_dir = optional_path(override(tokens, cfg, "tokens", "data/tokens"))
-        out_dir = optional_path(override(out, cfg, "out", "data/embeddings"))
-        dev = resolve_device(override(device, base(params), "device", "auto"))
-        size = int(override(batch_size, cfg, "batch_size", 64))
-        if size < 1:
-            raise LimitrError(f"embed.batch_size must be positive, got {size}")
+        chosen = stage_settings(params, "embed", dict(
+            model=model, shards=shards, tokens=tokens, out=out, batch_size=batch_size,
+        ), base_overrides=dict(device=device))
+        cfg = chosen.embed
+        dev = resolve_device(chosen.base.device)  # before any work
+        model_dir, shards_dir, tokens_dir, out_dir = (Path(cfg.model), Path(cfg.shards), Path(cfg.tokens),
+                                                      Path(cfg.out))
+        size = cfg.batch_size
 
         tasks = plan_tasks(shards_dir, tokens_dir)
         net, run_config = load_model(model_dir, dev)
@@ -64,7 +59,7 @@ def embed_stage(
             crop_size=int(train_cfg["crop_size"]),
             upsample_to=train_cfg.get("upsample_to"),
             batch_size=size,
-            rows_per_file=int(cfg.get("rows_per_file") or 4096),
+            rows_per_file=cfg.rows_per_file,
             device=dev,
         )
         report: dict = {

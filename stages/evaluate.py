@@ -6,6 +6,8 @@ synthetic data's side, zone and effusion-size probes), each task's typed result
 (:mod:`limitr.eval.results`); a task without its table or ground truth writes
 ``{"skipped": reason}``. Into ``--plots`` (default metrics/plots/):
 recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png overlays.
+``summary.json`` holds the headline figures (:data:`SUMMARY_KEYS`): the metrics file DVC
+shows by default; the detailed files stay beside it as plain outputs.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
-    base,
     optional_path,
-    override,
     print_table,
     progress_bar,
     resolve_device,
-    section,
     stage_errors,
+    stage_settings,
 )
 
 METRIC_FILES = {
@@ -36,6 +36,63 @@ METRIC_FILES = {
     "grounding": "grounding.json",
     "probes": "probes.json",
 }
+
+
+#: The headline figures, the one file ``dvc metrics show`` / ``diff`` and ``dvc exp show`` read.
+SUMMARY_FILE = "summary.json"
+#: Short names, so that the table fits a terminal: P@K is the class-based retrieval's
+#: text-to-image precision (class_retrieval.json), auroc the zero-shot mean AUROC
+#: (zero_shot.json), cnr / pointing / miou the grounding means (grounding.json), block_r_sum
+#: the r_sum of the block protocol (evaluate.block_size), best_epoch the epoch of the model.
+SUMMARY_KEYS: tuple[str, ...] = (
+    "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
+    "P@5", "P@10", "auroc", "cnr", "pointing", "miou", "best_epoch",
+)
+#: Percent figures are rounded to 2 decimals, the others to 3: a diff shows real changes.
+_PERCENT_KEYS = {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
+                 "P@5", "P@10"}
+
+
+def _get(tree: Any, *path: Any) -> Any:
+    for part in path:
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _best_epoch(model_dir: Path) -> Any:
+    """The epoch of the weights in ``model_dir/best`` (from its metrics.json), or None."""
+    import json
+
+    for path in (Path(model_dir) / "best" / "metrics.json", Path(model_dir) / "metrics.json"):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()).get("epoch")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def headline_figures(results: dict, block_key: str, model_dir: Path) -> dict:
+    """The dozen figures a reader compares between runs (percent for recalls and precisions;
+    None where a task was skipped). Every key of :data:`SUMMARY_KEYS`, in that order."""
+    full = _get(results, "retrieval", "full") or {}
+    figures: dict = {}
+    for d in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            figures[f"{d}_R@{k}"] = _get(full, d, f"R@{k}")
+    figures["r_sum"] = full.get("r_sum")
+    figures["block_r_sum"] = _get(results, "retrieval", block_key, "r_sum")
+    figures["P@5"] = _get(results, "class_retrieval", "t2i", "P@5", "mean")
+    figures["P@10"] = _get(results, "class_retrieval", "t2i", "P@10", "mean")
+    figures["auroc"] = _get(results, "zero_shot", "auroc", "mean")
+    figures["cnr"] = _get(results, "grounding", "cnr", "mean")
+    figures["pointing"] = _get(results, "grounding", "pointing_game", "mean")
+    figures["miou"] = _get(results, "grounding", "miou", "mean")
+    figures["best_epoch"] = _best_epoch(model_dir)
+    return {k: (round(v, 2 if k in _PERCENT_KEYS else 3) if isinstance(v, float) else v)
+            for k, v in figures.items()}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -116,25 +173,23 @@ def evaluate_stage(
 ) -> None:
     """Score the saved embeddings with the model's similarity and write metrics and plots."""
     with stage_errors():
-        from limitr.errors import LimitrError
         from limitr.eval.embed import load_model
         from limitr.eval.evaluate import EvalSettings, plan_tasks
         from limitr.eval.plots import draw_grounding_example, draw_message, slug, write_series_tsv
         from limitr.eval.results import Skipped, to_json, write_json
 
-        cfg = section(params, "evaluate")
-        emb_dir = optional_path(override(embeddings, cfg, "embeddings", "data/embeddings"))
-        model_dir = optional_path(override(model, cfg, "model", "data/model"))
-        shards_dir = optional_path(override(shards, cfg, "shards", "data/shards"))
-        metrics_dir = optional_path(override(metrics, cfg, "metrics", "metrics"))
-        plots_dir = optional_path(override(plots, cfg, "plots", "metrics/plots"))
-        truth_file = optional_path(override(ground_truth, cfg, "ground_truth"))
-        dev = resolve_device(override(device, base(params), "device", "auto"))
-        block = int(override(block_size, cfg, "block_size", 1000))
-        top_k = override(rerank_top_k, cfg, "rerank_top_k")
-        score_block = int(cfg.get("score_block") or 64)
-        if block < 1 or score_block < 1:
-            raise LimitrError("evaluate.block_size and evaluate.score_block must be positive")
+        chosen = stage_settings(params, "evaluate", dict(
+            embeddings=embeddings, model=model, shards=shards, metrics=metrics, plots=plots,
+            ground_truth=ground_truth, block_size=block_size,
+            rerank_top_k=None if rerank_top_k == 0 else rerank_top_k,
+        ), base_overrides=dict(device=device))
+        cfg = chosen.evaluate
+        dev = resolve_device(chosen.base.device)  # before any work
+        emb_dir, model_dir, shards_dir = Path(cfg.embeddings), Path(cfg.model), Path(cfg.shards)
+        metrics_dir, plots_dir = Path(cfg.metrics), Path(cfg.plots)
+        truth_file = optional_path(cfg.ground_truth)
+        block, score_block = cfg.block_size, cfg.score_block
+        top_k = None if rerank_top_k == 0 else cfg.rerank_top_k
 
         net, run_config = load_model(model_dir, dev)
         settings = EvalSettings(
@@ -154,6 +209,8 @@ def evaluate_stage(
 
         for name, file_name in METRIC_FILES.items():
             write_json(metrics_dir / file_name, results[name])
+        as_json = {k: to_json(v) for k, v in results.items()}
+        write_json(metrics_dir / SUMMARY_FILE, headline_figures(as_json, f"block{block}", model_dir))
         curves = getattr(results["retrieval"], "curves", None) or {"k": []}
         write_series_tsv(plots_dir / "recall_at_k.tsv", curves)
         precision = getattr(results["class_retrieval"], "curves", None) or {"k": [], "t2i": [], "i2t": []}

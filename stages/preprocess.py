@@ -21,11 +21,10 @@ from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
     optional_path,
-    override,
     print_table,
     progress_bar,
-    section,
     stage_errors,
+    stage_settings,
     write_json,
 )
 
@@ -40,7 +39,7 @@ def preprocess_stage(
     workers: Optional[int] = typer.Option(None, help="worker processes; default the core count (preprocess.workers)"),
     ms_cxr: Optional[str] = typer.Option(None, "--ms-cxr", help="MS_CXR_Local_Alignment CSV, or 'null' (preprocess.ms_cxr)"),
     class_retrieval: Optional[str] = typer.Option(None, "--class-retrieval", help="CheXpert 5x200 CSV, or 'null' (preprocess.class_retrieval)"),
-    num_shards: int = typer.Option(1, "--num-shards", help="split the work by patient into this many parts"),
+    num_shards: int = typer.Option(1, "--num-shards", min=1, help="split the work by patient into this many parts"),
     shard_index: int = typer.Option(0, "--shard-index", help="the part this job writes, 0 .. num-shards - 1"),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="studies per Parquet file (preprocess.shard_size)"),
 ) -> None:
@@ -50,23 +49,24 @@ def preprocess_stage(
                                             run_preprocess)
         from limitr.errors import LimitrError
 
-        cfg = section(params, "preprocess")
-        root = optional_path(override(mimic_root, cfg, "mimic_root"))
-        reports_path = optional_path(override(reports, cfg, "reports"))
-        out_dir = optional_path(override(out, cfg, "out", "data/shards"))
-        if root is None or reports_path is None or out_dir is None:
-            raise LimitrError("give --mimic-root and --reports (or preprocess.mimic_root / preprocess.reports)")
-        n_workers = override(workers, cfg, "workers")
+        cfg = stage_settings(params, "preprocess", dict(
+            mimic_root=mimic_root, reports=reports, out=out, image_size=image_size, workers=workers,
+            ms_cxr=ms_cxr, class_retrieval=class_retrieval, shard_size=shard_size,
+        )).preprocess
+        if not 0 <= shard_index < num_shards:
+            raise LimitrError(f"--shard-index must be in 0 .. {num_shards - 1} (--num-shards {num_shards}), got {shard_index}")
+        out_dir = Path(cfg.out)
         config = PreprocessConfig(
-            mimic_root=root,
-            reports=reports_path,
-            image_size=int(override(image_size, cfg, "image_size", 256)),
-            workers=int(n_workers) if n_workers else default_workers(),
-            shard_size=int(override(shard_size, cfg, "shard_size", 500)),
+            mimic_root=Path(cfg.mimic_root),
+            reports=Path(cfg.reports),
+            image_size=cfg.image_size,
+            workers=cfg.workers or default_workers(),
+            shard_size=cfg.shard_size,
             num_shards=num_shards,
             shard_index=shard_index,
-            ms_cxr=optional_path(override(ms_cxr, cfg, "ms_cxr")),
-            class_retrieval=optional_path(override(class_retrieval, cfg, "class_retrieval")),
+            ms_cxr=optional_path(cfg.ms_cxr),
+            class_retrieval=optional_path(cfg.class_retrieval),
+            max_pixels=cfg.max_pixels,
         )
         plan = plan_preprocess(config)
         with atomic_dir(out_dir) as tmp:

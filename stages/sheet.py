@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from stages.cli import app
-from stages.common import PARAMS_OPTION, override, section, stage_errors
+from stages.common import PARAMS_OPTION, stage_errors, stage_settings
 
 
 @app.command()
@@ -23,7 +23,7 @@ def sheet(
     """Draw frontal and lateral images side by side with their ground-truth boxes and the
     report beside them, for a few studies chosen to show many kinds of finding."""
     with stage_errors():
-        root_dir = Path(override(root, section(params, "synthesize"), "out", "data/raw/synthetic"))
+        root_dir = Path(stage_settings(params, "synthesize", dict(out=root)).synthesize.out)
 
         from limitr.synthetic import render_sheet
 

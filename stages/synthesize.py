@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from stages.cli import app
-from stages.common import PARAMS_OPTION, atomic_dir, base, override, print_table, progress_bar, section, stage_errors
+from stages.common import PARAMS_OPTION, atomic_dir, print_table, progress_bar, stage_errors, stage_settings
 
 
 @app.command()
@@ -37,14 +37,12 @@ def synthesize(
     """Generate chest radiographs, reports and labels in the MIMIC-CXR-JPG, MS-CXR and
     CheXpert 5x200 formats, with known ground truth, and print a summary."""
     with stage_errors():
-        cfg = section(params, "synthesize")
-        out_dir = Path(override(out, cfg, "out", "data/raw/synthetic"))
-        n = int(override(n_studies, cfg, "n_studies", 2000))
-        seed_value = int(override(seed, base(params), "seed", 0))
-        rate = float(override(fault_rate, cfg, "fault_rate", 0.0))
-        scale = float(override(image_scale, cfg, "image_scale", 0.125))
-        n_workers = override(workers, cfg, "workers")
-        n_workers = None if n_workers is None else int(n_workers)
+        settings = stage_settings(params, "synthesize", dict(
+            out=out, n_studies=n_studies, fault_rate=fault_rate, image_scale=image_scale, workers=workers,
+        ), base_overrides=dict(seed=seed))
+        cfg = settings.synthesize
+        out_dir, n, seed_value = Path(cfg.out), cfg.n_studies, settings.base.seed
+        rate, scale, n_workers = cfg.fault_rate, cfg.image_scale, cfg.workers
 
         from limitr.synthetic import generate
 

@@ -18,11 +18,10 @@ from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
     optional_path,
-    override,
     print_table,
     progress_bar,
-    section,
     stage_errors,
+    stage_settings,
     write_json,
 )
 
@@ -44,14 +43,15 @@ def tokenize_stage(
         from limitr.text import tokenizer as tokenizers
         from limitr.text.tokenize import check_shards, count_texts, tokenize_shards, training_texts
 
-        cfg = section(params, "tokenize")
-        shards_dir = Path(override(shards, cfg, "shards", "data/shards"))
-        out_dir = Path(override(out, cfg, "out", "data/tokens"))
-        length = int(override(max_length, cfg, "max_length", 97))
-        source = optional_path(override(tokenizer, cfg, "tokenizer"))
+        cfg = stage_settings(params, "tokenize", dict(
+            shards=shards, out=out, tokenizer=tokenizer, max_length=max_length,
+            train_wordpiece=train_wordpiece, vocab_size=vocab_size,
+        )).tokenize
+        shards_dir, out_dir, length = Path(cfg.shards), Path(cfg.out), cfg.max_length
+        source = optional_path(cfg.tokenizer)
         check_shards(shards_dir)
-        if bool(override(train_wordpiece, cfg, "train_wordpiece", False)):
-            size = int(override(vocab_size, cfg, "vocab_size", 8000))
+        if cfg.train_wordpiece:
+            size = cfg.vocab_size
             tok = tokenizers.train_wordpiece(training_texts(shards_dir), vocab_size=size)
             name = f"wordpiece trained on {shards_dir}/train ({size})"
         else:
@@ -61,6 +61,7 @@ def tokenize_stage(
             with progress_bar(count_texts(shards_dir), "tokenize", unit="text") as bar:
                 report = tokenize_shards(shards_dir, tmp, tok, max_length=length, progress=bar.update,
                                          tokenizer_name=name)
+            report["trained_wordpiece"] = cfg.train_wordpiece
             write_json(tmp / "report.json", report)
 
         rows: list[tuple[str, object]] = [("tokenizer", name), ("vocabulary", report["vocab_size"])]

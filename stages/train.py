@@ -2,8 +2,9 @@
 
 Reads the ``model``, ``train`` and ``base`` sections. Writes ``--out`` (best/ and last/
 checkpoints, config.json, report.json) and, into ``--metrics``, train.json plus the step and
-epoch curves. Runs unchanged under ``torchrun --nproc_per_node N`` (data-parallel; only rank
-0 prints and writes); ``train.batch_size`` is the global batch over all processes.
+epoch curves logged with DVCLive under ``training/`` (stages/live.py). Runs unchanged under
+``torchrun --nproc_per_node N`` (data-parallel; only rank 0 prints and writes);
+``train.batch_size`` is the global batch over all processes.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from typing import Optional
 import typer
 
 from stages.cli import app
+from stages.live import LiveCurves, live_callbacks
 from stages.common import (
     PARAMS_OPTION,
-    base,
-    optional_path,
-    override,
     print_table,
     progress_bar,
     resolve_device,
-    section,
     stage_errors,
+    stage_settings,
 )
+
+
+#: The DVCLive folder under --metrics (see stages/live.py).
+CURVES_FOLDER = "training"
 
 
 def training_seed(train_sec: dict, base_sec: dict) -> int:
@@ -53,29 +56,28 @@ def train_stage(
         "--resume/--no-resume",
         help="continue out/last, or start afresh; default: continue an unfinished run with the same settings",
     ),
-    metrics: Path = typer.Option(Path("metrics"), help="folder for train.json and the curves"),
+    metrics: Path = typer.Option(Path("metrics"), help="folder for train.json and the DVCLive curves (training/)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
     """Train the model; validation r_sum picks the best epoch and drives the schedule."""
     with stage_errors():
         from limitr.model.config import ModelConfig
+        from limitr.text.tokenize import check_token_vocabulary
         from limitr.train.distributed import init_distributed, shutdown_distributed
         from limitr.train.loop import TrainCallbacks, TrainConfig, train
 
-        train_sec = dict(section(params, "train"))
-        base_sec = base(params)
-        if epochs is not None:
-            train_sec["epochs"] = epochs
-        if batch_size is not None:
-            train_sec["batch_size"] = batch_size
-        model_cfg = ModelConfig.from_dict(section(params, "model"))
-        train_cfg = TrainConfig.from_dict(train_sec)
-        shards_dir = optional_path(override(shards, train_sec, "shards", "data/shards"))
-        tokens_dir = optional_path(override(tokens, train_sec, "tokens", "data/tokens"))
-        out_dir = optional_path(override(out, train_sec, "out", "data/model"))
-        seed = training_seed(train_sec, base_sec)
+        settings = stage_settings(params, "train", dict(
+            shards=shards, tokens=tokens, out=out, epochs=epochs, batch_size=batch_size,
+        ), base_overrides=dict(device=device))
+        device_name = resolve_device(settings.base.device)  # before any work
+        model_cfg = ModelConfig.from_dict(settings.model.to_config_dict())
+        train_cfg = TrainConfig.from_dict(settings.train.to_config_dict())
+        shards_dir, tokens_dir, out_dir = (Path(settings.train.shards), Path(settings.train.tokens),
+                                           Path(settings.train.out))
+        seed = training_seed(settings.train.model_dump(), settings.base.model_dump())
+        check_token_vocabulary(tokens_dir)
 
-        ctx, dev = init_distributed(resolve_device(override(device, base_sec, "device", "auto")))
+        ctx, dev = init_distributed(device_name)
         bar = progress_bar(None, "train", unit="step") if ctx.is_main else None
         callbacks = TrainCallbacks()
         if bar is not None:
@@ -96,6 +98,8 @@ def train_stage(
                 )
 
             callbacks = TrainCallbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch)
+        curves = LiveCurves(Path(metrics) / CURVES_FOLDER) if ctx.is_main else None
+        callbacks = live_callbacks(curves, callbacks)
         try:
             result = train(
                 model_cfg,
@@ -111,6 +115,8 @@ def train_stage(
                 callbacks=callbacks,
             )
         finally:
+            if curves is not None:
+                curves.close()
             if bar is not None:
                 bar.close()
             shutdown_distributed(ctx)

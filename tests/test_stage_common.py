@@ -14,11 +14,11 @@ def test_section_and_override(tmp_path: Path) -> None:
     params = tmp_path / "p.yaml"
     params.write_text("base:\n  seed: 3\nsynthesize:\n  n_studies: 10\n  out: x\n")
     cfg = section(params, "synthesize")
-    assert cfg == {"n_studies": 10, "out": "x"}
+    assert cfg == {"n_studies": 10, "out": "x", "fault_rate": 0.0, "image_scale": 0.125, "workers": None}
     assert override(None, cfg, "n_studies") == 10
     assert override(5, cfg, "n_studies") == 5
     assert override(None, cfg, "absent", default=7) == 7
-    assert section(params, "absent") == {}
+    assert section(params, "tokenize")["max_length"] == 97  # an absent section: its defaults
 
 
 def test_missing_params_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -72,3 +72,62 @@ def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:
     with atomic_dir(out) as tmp:
         (tmp / "b.txt").write_text("third")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_log_progress_a_line_every_few_percent() -> None:
+    import io
+
+    from stages.common import LogProgress
+
+    out, clock = io.StringIO(), _Clock()
+    bar = LogProgress(10_000, "preprocess", unit="study", file=out, clock=clock)
+    for _ in range(10_000):
+        clock.now += 0.001
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert 19 <= len(lines) <= 21  # every 5 percent, not thousands of updates
+    assert lines[-1].startswith("preprocess: 10000/10000 (100%) study")
+
+
+def test_log_progress_a_line_every_30_seconds_when_slow_or_unknown() -> None:
+    import io
+
+    from stages.common import LogProgress
+
+    out, clock = io.StringIO(), _Clock()
+    bar = LogProgress(None, "train", unit="step", file=out, clock=clock)
+    for _ in range(100):  # 100 steps of 10 s: a line each 30 s
+        clock.now += 10.0
+        bar.set_postfix(loss="0.5")
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert 33 <= len(lines) <= 35 and "loss=0.5" in lines[0]
+
+
+def test_progress_bar_in_a_log_is_plain_lines(monkeypatch) -> None:
+    import io
+
+    from stages import common
+
+    monkeypatch.delenv("LIMITR_NO_PROGRESS", raising=False)
+    fake = io.StringIO()  # not a terminal
+    monkeypatch.setattr(common.sys, "stderr", fake)
+    bar = common.progress_bar(100, "tokenize", unit="text")
+    assert isinstance(bar, common.LogProgress)
+    with bar:
+        bar.update(100)
+    assert fake.getvalue().count("\n") == 1 and "\r" not in fake.getvalue()
+    monkeypatch.setenv("LIMITR_NO_PROGRESS", "1")
+    with common.progress_bar(100, "tokenize") as quiet:
+        quiet.update(100)
+    assert fake.getvalue().count("\n") == 1

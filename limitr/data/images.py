@@ -30,6 +30,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from limitr.settings import default_of
+
 #: PNG zlib level: 1 is about 4x faster than the default 6 for some 15% more bytes.
 PNG_COMPRESS_LEVEL = 1
 
@@ -189,21 +191,38 @@ def _to_grey(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def decode(data: bytes, image_size: Optional[int] = None, draft: bool = True) -> tuple[Image.Image, tuple[int, int], tuple[float, float, float, float]]:
+#: Default pixel limit (width x height) above which an image is refused as ``too_large``
+#: before it is decoded (MIMIC-CXR's largest are about 4,300 x 3,500 = 15 million);
+#: the setting preprocess.max_pixels.
+MAX_PIXELS: int = default_of("preprocess", "max_pixels")
+
+
+def decode(data: bytes, image_size: Optional[int] = None, draft: bool = True,
+           max_pixels: Optional[int] = MAX_PIXELS) -> tuple[Image.Image, tuple[int, int], tuple[float, float, float, float]]:
     """Decode image bytes to grey.
 
     Returns ``(image, (orig_width, orig_height), box)``: ``box`` is the original image's
     extent in the decoded image's pixels (smaller than the original under draft mode).
     With ``draft`` and ``image_size``, a JPEG is decoded at the smallest DCT scale that still
-    leaves its long side at least ``image_size``. Raises :class:`BadImage`.
+    leaves its long side at least ``image_size``. An image of more than ``max_pixels`` pixels
+    is refused from its header, before any pixel is decoded (``too_large``). Raises
+    :class:`BadImage`.
     """
     if not data:
         raise BadImage("empty", "zero bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None  # the size is checked below, against max_pixels
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
         orig_w, orig_h = img.size
+        if max_pixels is not None and orig_w * orig_h > max_pixels:
+            raise BadImage("too_large", f"{orig_w} x {orig_h} pixels, more than the limit of {max_pixels} "
+                                        "(preprocess.max_pixels)")
         box: tuple[float, float, float, float] = (0.0, 0.0, float(orig_w), float(orig_h))
         if draft and image_size is not None and img.format == "JPEG":
             ratio = image_size / max(orig_w, orig_h)
@@ -269,14 +288,16 @@ def encode_png(img: Image.Image) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
-def process_image_bytes(data: bytes, image_size: int, draft: bool = True) -> tuple[bytes, Geometry]:
+def process_image_bytes(data: bytes, image_size: int, draft: bool = True,
+                        max_pixels: Optional[int] = MAX_PIXELS) -> tuple[bytes, Geometry]:
     """Image file bytes -> (PNG bytes of the grey ``image_size`` square, geometry)."""
-    img, (orig_w, orig_h), box = decode(data, image_size, draft=draft)
+    img, (orig_w, orig_h), box = decode(data, image_size, draft=draft, max_pixels=max_pixels)
     geometry = geometry_for(orig_h, orig_w, image_size)
     return encode_png(resize_and_pad(img, box, geometry, image_size)), geometry
 
 
-def process_image_file(path: Path, image_size: int, draft: bool = True) -> tuple[bytes, Geometry]:
+def process_image_file(path: Path, image_size: int, draft: bool = True,
+                       max_pixels: Optional[int] = MAX_PIXELS) -> tuple[bytes, Geometry]:
     """Like :func:`process_image_bytes` for a file; a missing file raises ``BadImage("missing")``."""
     try:
         data = Path(path).read_bytes()
@@ -284,7 +305,7 @@ def process_image_file(path: Path, image_size: int, draft: bool = True) -> tuple
         raise BadImage("missing", str(path)) from exc
     except IsADirectoryError as exc:
         raise BadImage("corrupt", f"{path} is a folder") from exc
-    return process_image_bytes(data, image_size, draft=draft)
+    return process_image_bytes(data, image_size, draft=draft, max_pixels=max_pixels)
 
 
 def png_to_array(png: bytes) -> np.ndarray:

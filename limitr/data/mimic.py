@@ -10,6 +10,13 @@ Problems found while planning are named (the same names end up in the stage's re
 ``no_frontal_view_unknown`` skip a study; ``view_empty``, ``view_unknown``,
 ``view_from_code_meaning``, ``metadata_cell_missing``, ``labels_missing`` and
 ``label_invalid`` degrade it (it is kept).
+
+A metadata row whose dicom_id is not a plain file name (a path such as ``../x``, a slash,
+a control character) is never opened: the row is dropped as ``bad_dicom_id`` and a study left
+without a frontal image by it is skipped with that reason. A row whose subject_id or
+study_id is not a non-negative number and cannot be recovered from the split file is dropped
+as ``bad_subject_id`` / ``bad_study_id``. Every dropped row is named by its dicom_id in
+:class:`RowReport` (rows used + rows dropped = rows read).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import gzip
 import re
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +50,32 @@ _CODE_MEANING_VIEWS = {
     "left lateral": "LL",
 }
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: A dicom_id usable as a file name inside a study folder: letters, digits, ``.``, ``_``, ``-``,
+#: not starting with a dot (so neither ``..`` nor a hidden name), at most 128 characters.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+
+def plain_file_name(name: str) -> bool:
+    """Whether ``name`` is a plain file name: no folder part, no ``..``, no odd characters."""
+    return bool(_PLAIN_NAME.match(name))
+
+
+@dataclass
+class RowReport:
+    """What became of the metadata rows: ``read`` = ``used`` + the rows in ``dropped``
+    (reason -> the dicom_ids, or ``row N`` where the dicom_id cell is empty)."""
+
+    read: int = 0
+    used: int = 0
+    dropped: dict = field(default_factory=dict)
+
+    def drop(self, reason: str, names: list) -> None:
+        if names:
+            self.dropped.setdefault(reason, []).extend(names)
+
+    def as_dict(self) -> dict:
+        return {"rows_read": self.read, "rows_used": self.used,
+                "rows_dropped": {k: sorted(v) for k, v in sorted(self.dropped.items())}}
 _STUDY_TXT = re.compile(r"(?:^|/)s(\d+)\.txt$")
 
 
@@ -116,7 +149,10 @@ def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 
 def _ids(series: pd.Series) -> pd.Series:
-    return pd.to_numeric(series.str.strip(), errors="coerce").astype("Int64")
+    """Ids as non-negative integers; anything else (text, a fraction, a sign) is missing."""
+    text = series.str.strip()
+    text = text.where(text.str.fullmatch(r"\d{1,18}(?:\.0*)?").fillna(False).astype(bool))
+    return pd.to_numeric(text, errors="coerce").astype("Int64")
 
 
 def _normalise_views(meta: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -159,6 +195,16 @@ def _labels(chexpert: pd.DataFrame) -> tuple[dict[int, tuple[Optional[float], ..
 
 def plan_studies(root: Path) -> list[StudyPlan]:
     """One plan per study of the metadata file, sorted by (subject_id, study_id)."""
+    return plan_studies_and_rows(root)[0]
+
+
+def _row_names(frame: pd.DataFrame) -> list[str]:
+    """How the report names metadata rows: the dicom_id, or ``row N`` (1-based data row)."""
+    return [d if isinstance(d, str) and d else f"row {i + 1}" for i, d in zip(frame.index, frame["dicom_id"])]
+
+
+def plan_studies_and_rows(root: Path) -> tuple[list[StudyPlan], RowReport]:
+    """:func:`plan_studies` and the account of every metadata row (used or dropped, why)."""
     root = Path(root)
     check_root(root)
     meta = read_csv(find_csv(root, METADATA_FILE),
@@ -167,6 +213,8 @@ def plan_studies(root: Path) -> list[StudyPlan]:
     chexpert = read_csv(find_csv(root, CHEXPERT_FILE), ("subject_id", "study_id", *CHEXPERT_LABELS))
     if meta.empty:
         raise LimitrError(f"{find_csv(root, METADATA_FILE)} lists no images")
+    rows = RowReport(read=len(meta))
+    meta = meta.reset_index(drop=True)
 
     # ids: a missing cell is recovered from the split file (by dicom_id) where possible
     split = split.assign(subject_id=_ids(split["subject_id"]), study_id=_ids(split["study_id"]),
@@ -174,13 +222,27 @@ def plan_studies(root: Path) -> list[StudyPlan]:
     by_dicom = split.dropna(subset=["dicom_id"]).drop_duplicates("dicom_id").set_index("dicom_id")
     meta = meta.assign(dicom_id=meta["dicom_id"].str.strip(),
                        subject_id=_ids(meta["subject_id"]), study_id=_ids(meta["study_id"]))
+    # a dicom_id that is not a plain file name is never joined to a path
+    bad_name = meta["dicom_id"].notna() & ~meta["dicom_id"].fillna("").map(plain_file_name)
+    bad_rows = meta[bad_name]
+    meta = meta.assign(dicom_id=meta["dicom_id"].where(~bad_name, None), bad_dicom_id=bad_name)
     incomplete = meta[["dicom_id", "subject_id", "study_id", "StudyDate", "StudyTime"]].isna().any(axis=1)
+    incomplete &= ~bad_name
     meta["study_id"] = meta["study_id"].fillna(meta["dicom_id"].map(by_dicom["study_id"]))
     meta["subject_id"] = meta["subject_id"].fillna(meta["dicom_id"].map(by_dicom["subject_id"]))
     study_subject = split.dropna(subset=["study_id", "subject_id"]).drop_duplicates("study_id")
     meta["subject_id"] = meta["subject_id"].fillna(
         meta["study_id"].map(study_subject.set_index("study_id")["subject_id"]))
-    meta = meta.assign(incomplete=incomplete).dropna(subset=["study_id", "subject_id"])
+    meta = meta.assign(incomplete=incomplete)
+    no_study = meta["study_id"].isna()
+    no_subject = meta["subject_id"].isna() & ~no_study
+    names = _row_names(meta.assign(dicom_id=meta["dicom_id"].where(~bad_name, bad_rows["dicom_id"])))
+    for reason, mask in (("bad_study_id", no_study), ("bad_subject_id", no_subject)):
+        rows.drop(reason, [n for n, m in zip(names, mask.tolist()) if m])
+    meta = meta[~(no_study | no_subject)]
+    # rows with a bad dicom_id but good ids: dropped here, named at study level below too
+    rows.drop("bad_dicom_id", [n for n, m in zip(_row_names(bad_rows), bad_rows.index) if m in meta.index])
+    rows.used = rows.read - sum(len(v) for v in rows.dropped.values())
 
     view, note = _normalise_views(meta)
     meta = meta.assign(
@@ -207,15 +269,17 @@ def plan_studies(root: Path) -> list[StudyPlan]:
     meta = meta.sort_values(["subject_id", "study_id", "dicom_id"], kind="stable")
     subjects = meta["subject_id"].to_numpy(dtype=np.int64)
     studies = meta["study_id"].to_numpy(dtype=np.int64)
-    columns = (meta["dicom_id"].fillna("").tolist(), meta["view"].tolist(), meta["note"].tolist(),
+    note = meta["note"].where(~meta["bad_dicom_id"], "bad_dicom_id")
+    columns = (meta["dicom_id"].fillna("").tolist(), meta["view"].tolist(), note.tolist(),
                meta["incomplete"].tolist(), meta["date"].tolist(), meta["time"].tolist())
     starts = np.flatnonzero(np.r_[True, (studies[1:] != studies[:-1]) | (subjects[1:] != subjects[:-1])])
     ends = np.r_[starts[1:], len(studies)]
-    return [
+    plans = [
         _plan_one(int(subjects[a]), int(studies[a]), [c[a:b] for c in columns],
                   split_of, split_incomplete, labels, invalid_labels)
         for a, b in zip(starts.tolist(), ends.tolist())
     ]
+    return plans, rows
 
 
 def _plan_one(subject_id: int, study_id: int, rows: list[list], split_of: dict[int, Optional[str]],
@@ -244,7 +308,9 @@ def _plan_one(subject_id: int, study_id: int, rows: list[list], split_of: dict[i
     elif split is None:
         skip = "split_unknown"
     elif not frontals:
-        if "view_empty" in degraded:
+        if "bad_dicom_id" in degraded:
+            skip = "bad_dicom_id"
+        elif "view_empty" in degraded:
             skip = "no_frontal_view_empty"
         elif "view_unknown" in degraded:
             skip = "no_frontal_view_unknown"

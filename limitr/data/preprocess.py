@@ -20,10 +20,10 @@ report empty              skipped   ``report_empty``
 no usable text at all     skipped   ``report_no_text``
 no FINDINGS/IMPRESSION    degraded  ``text_from_last_paragraph`` (when a last paragraph exists)
 report not UTF-8          degraded  ``report_not_utf8`` (decoded as Windows-1252)
-frontal image bad         skipped   ``frontal_image_{missing,empty,truncated,corrupt}``;
+frontal image bad         skipped   ``frontal_image_{missing,empty,truncated,corrupt,too_large}``;
                                     degraded with the same name when another frontal
                                     of the study was usable and taken instead
-lateral image bad         degraded  ``lateral_image_{missing,empty,truncated,corrupt}``
+lateral image bad         degraded  ``lateral_image_{missing,empty,truncated,corrupt,too_large}``
                                     (the frontal is kept, the lateral is null)
 ViewPosition empty        degraded  ``view_empty`` (image ignored) or
                                     ``view_from_code_meaning`` (view recovered)
@@ -33,8 +33,16 @@ metadata or split cell    degraded  ``metadata_cell_missing`` (ids recovered fro
 empty                               split file, a missing date/time sorts last, the split
                                     taken from the study's other images)
 study not in chexpert     degraded  ``labels_missing`` (labels null)
+dicom_id not a plain      skipped   ``bad_dicom_id`` when no other frontal is left (the
+file name (``../x``)                row is never opened; listed under rows_dropped)
+subject_id / study_id     row       ``bad_subject_id`` / ``bad_study_id`` under
+not a number              dropped   ``rows_dropped`` (when not recoverable from split)
 label not 1/0/-1/empty    degraded  ``label_invalid`` (that label null)
 ========================  ========  ==================================================
+
+``too_large``: more pixels than ``max_pixels`` (preprocess.max_pixels), refused from the
+image header before decoding. ``report.json`` also accounts for every metadata row:
+``rows_read`` = ``rows_used`` + the rows listed under ``rows_dropped`` by reason.
 
 An empty label cell means "not mentioned" in the release, so it is a null label, not a
 fault. A skipped study is listed under one reason only and not under ``degraded``.
@@ -51,14 +59,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from limitr.data import tables
-from limitr.data.images import BadImage, Geometry, process_image_file
-from limitr.data.mimic import ImageRef, ReportSource, StudyPlan, image_path, plan_studies
+from limitr.data.images import MAX_PIXELS, BadImage, Geometry, process_image_file
+from limitr.data.mimic import ImageRef, ReportSource, RowReport, StudyPlan, image_path, plan_studies_and_rows
 from limitr.data.reports import parse_report
 from limitr.data.tables import Outcome, read_report_text
 from limitr.data.schema import (CHEXPERT_LABELS, CLASS_RETRIEVAL_SCHEMA, GROUNDING_SCHEMA, SPLITS,
                                 STUDY_SCHEMA)
 from limitr.data.shards import ParquetSink, ShardWriter
 from limitr.errors import LimitrError
+from limitr.settings import default_of
 from limitr.progress import ProgressFn, advance
 
 
@@ -68,13 +77,14 @@ class PreprocessConfig:
 
     mimic_root: Path
     reports: Path
-    image_size: int = 256
+    image_size: int = default_of("preprocess", "image_size")
     workers: int = 1
-    shard_size: int = 500
+    shard_size: int = default_of("preprocess", "shard_size")
     num_shards: int = 1
     shard_index: int = 0
     ms_cxr: Optional[Path] = None
     class_retrieval: Optional[Path] = None
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -85,6 +95,7 @@ class PreprocessPlan:
     studies: list[StudyPlan]
     grounding: list[tables.GroundingTask] = field(default_factory=list)
     class_items: list[tables.ClassItemTask] = field(default_factory=list)
+    rows: RowReport = field(default_factory=RowReport)
 
     @property
     def n_units(self) -> int:
@@ -101,11 +112,11 @@ def plan_preprocess(config: PreprocessConfig) -> PreprocessPlan:
             f"--shard-index must be in [0, --num-shards); got {config.shard_index} of {config.num_shards}"
         )
     root = Path(config.mimic_root)
-    all_studies = plan_studies(root)
+    all_studies, rows = plan_studies_and_rows(root)
     ReportSource(Path(config.reports))  # validates the zip or folder now: a fatal error early
     # by patient, so a patient's studies (and its split) stay together in one part
     studies = [p for p in all_studies if p.subject_id % config.num_shards == config.shard_index]
-    plan = PreprocessPlan(config, studies)
+    plan = PreprocessPlan(config, studies, rows=rows)
     if config.shard_index == 0:  # the evaluation tables are written once, by part 0
         ids_of = {ref.dicom_id: (p.subject_id, p.study_id)
                   for p in all_studies for ref in (*p.frontals, *p.laterals)}
@@ -123,14 +134,16 @@ class _WorkerContext:
     root: Path
     reports: ReportSource
     image_size: int
+    max_pixels: Optional[int] = MAX_PIXELS
 
 
 _CONTEXT: Optional[_WorkerContext] = None
 
 
-def _init_worker(root: Path, reports: ReportSource, image_size: int) -> None:
+def _init_worker(root: Path, reports: ReportSource, image_size: int,
+                 max_pixels: Optional[int] = MAX_PIXELS) -> None:
     global _CONTEXT
-    _CONTEXT = _WorkerContext(Path(root), reports, int(image_size))
+    _CONTEXT = _WorkerContext(Path(root), reports, int(image_size), max_pixels)
 
 
 def _set_context(ctx: Optional[_WorkerContext]) -> None:
@@ -145,7 +158,8 @@ def _first_usable(refs: Sequence[ImageRef], plan: StudyPlan, ctx: _WorkerContext
     for ref in refs:
         try:
             png, geometry = process_image_file(
-                image_path(ctx.root, plan.subject_id, plan.study_id, ref.dicom_id), ctx.image_size)
+                image_path(ctx.root, plan.subject_id, plan.study_id, ref.dicom_id), ctx.image_size,
+                max_pixels=ctx.max_pixels)
         except BadImage as exc:
             failures.append(exc.reason)
             continue
@@ -198,8 +212,8 @@ def _process_unit(unit: Any) -> Outcome:
     if isinstance(unit, StudyPlan):
         return process_study(unit, ctx)
     if isinstance(unit, tables.GroundingTask):
-        return tables.process_grounding(unit, ctx.root, ctx.image_size)
-    return tables.process_class_item(unit, ctx.reports, ctx.image_size)
+        return tables.process_grounding(unit, ctx.root, ctx.image_size, ctx.max_pixels)
+    return tables.process_class_item(unit, ctx.reports, ctx.image_size, ctx.max_pixels)
 
 
 def _process_chunk(units: list[Any]) -> list[Outcome]:
@@ -277,7 +291,7 @@ def run_preprocess(plan: PreprocessPlan, out: Path, progress: ProgressFn = None)
     those tables were made."""
     cfg = plan.config
     out = Path(out)
-    init_args = (Path(cfg.mimic_root), ReportSource(Path(cfg.reports)), cfg.image_size)
+    init_args = (Path(cfg.mimic_root), ReportSource(Path(cfg.reports)), cfg.image_size, cfg.max_pixels)
     units: list[Any] = [*plan.studies, *plan.grounding, *plan.class_items]
     n_studies, n_grounding = len(plan.studies), len(plan.grounding)
     number_of: Callable[[int], int] = lambda k: k * cfg.num_shards + cfg.shard_index
@@ -309,6 +323,8 @@ def run_preprocess(plan: PreprocessPlan, out: Path, progress: ProgressFn = None)
         if sink is not None:
             sink.close()
     report = studies.as_dict("studies_total", "studies_kept")
+    if cfg.shard_index == 0:  # the rows of the metadata file, accounted for once
+        report.update(plan.rows.as_dict())
     if cfg.ms_cxr is not None and cfg.shard_index == 0:
         report["grounding"] = grounding.as_dict("phrases_total", "phrases_kept")
     if cfg.class_retrieval is not None and cfg.shard_index == 0:
@@ -336,6 +352,9 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = section
         else:
             merged.update(section)
+    for r in reports:  # written by part 0 only
+        if "rows_read" in r:
+            merged.update({k: r[k] for k in ("rows_read", "rows_used", "rows_dropped")})
     return merged
 
 

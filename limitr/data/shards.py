@@ -148,6 +148,43 @@ class ShardWriter:
             self.abort()
 
 
+def parquet_error(path: Path, exc: BaseException) -> LimitrError:
+    """The one-line error for a Parquet file that cannot be read (truncated, not Parquet)."""
+    folder = Path(path).parent.name if Path(path).parent.name in ("train", "validate", "test") else ""
+    where = Path(path).parent.parent if folder else Path(path).parent
+    return LimitrError(
+        f"{path} cannot be read as Parquet ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        f"it is damaged or truncated; rerun the stage that wrote {where} (e.g. dvc repro -f with that stage)"
+    )
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``, or a LimitrError naming the file when it cannot be read."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(path, exc) from None
+
+
+def read_parquet(path: Path, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """``pq.read_table`` with the same one-line error."""
+    try:
+        return pq.read_table(path, columns=list(columns) if columns else None)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise parquet_error(path, exc) from None
+
+
+def check_readable(paths: Sequence[Path]) -> int:
+    """Read every file's footer (cheap) and return their rows; a damaged file is named now,
+    before any work is done."""
+    total = 0
+    for path in paths:
+        total += open_parquet(path).metadata.num_rows
+    return total
+
+
 def split_files(shards: Path, split: str) -> list[Path]:
     """The part files of ``split`` in order (empty when the split has none)."""
     folder = Path(shards) / split
@@ -158,8 +195,11 @@ def iter_batches(shards: Path, split: str, columns: Optional[Sequence[str]] = No
                  batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
     """Record batches of a split, file by file in order: memory stays at one batch."""
     for path in split_files(shards, split):
-        parquet = pq.ParquetFile(path)
-        yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+        parquet = open_parquet(path)
+        try:
+            yield from parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+        except (pa.ArrowException, OSError) as exc:
+            raise parquet_error(path, exc) from None
 
 
 def read_split(shards: Path, split: str, columns: Optional[Sequence[str]] = None,
@@ -173,7 +213,7 @@ def read_split(shards: Path, split: str, columns: Optional[Sequence[str]] = None
             schema = STUDY_SCHEMA
         empty = schema.empty_table()
         return empty.select(list(columns)) if columns else empty
-    tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in files]
+    tables = [read_parquet(p, columns) for p in files]
     return pa.concat_tables(tables)
 
 
@@ -182,4 +222,4 @@ def read_table(path: Path, columns: Optional[Sequence[str]] = None) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise LimitrError(f"{path} does not exist")
-    return pq.read_table(path, columns=list(columns) if columns else None)
+    return read_parquet(path, columns)

@@ -17,8 +17,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from limitr.data.images import BadImage, process_image_file
-from limitr.data.mimic import ReportSource, UnreadableReport, image_path, read_csv
+from limitr.data.images import MAX_PIXELS, BadImage, process_image_file
+from limitr.data.mimic import ReportSource, UnreadableReport, image_path, plain_file_name, read_csv
 from limitr.data.reports import clean_text, decode_report, parse_report
 from limitr.data.schema import CHEXPERT_LABELS, CLASS_RETRIEVAL_CLASSES
 from limitr.errors import LimitrError
@@ -129,6 +129,10 @@ def plan_grounding(csv: Path, root: Path, ids_of: dict[str, tuple[int, int]]) ->
         skip = None
         if not dicom_id:
             skip = "dicom_id_missing"
+        elif not plain_file_name(dicom_id):
+            skip = "bad_dicom_id"
+        elif path and not _inside(path):
+            skip = "bad_path"
         elif not clean_text(label_text):
             skip = "phrase_empty"
         elif not boxes:
@@ -144,7 +148,13 @@ def plan_grounding(csv: Path, root: Path, ids_of: dict[str, tuple[int, int]]) ->
     return tasks
 
 
-def process_grounding(task: GroundingTask, root: Path, image_size: int) -> Outcome:
+def _inside(path: str) -> bool:
+    """Whether a path from a CSV stays inside the folder it is joined to (no ``..`` part)."""
+    return ".." not in Path(path.replace("\\", "/")).parts
+
+
+def process_grounding(task: GroundingTask, root: Path, image_size: int,
+                      max_pixels: Optional[int] = MAX_PIXELS) -> Outcome:
     """One phrase -> its grounding row."""
     if task.skip:
         return Outcome(task.phrase_id, None, task.skip)
@@ -154,7 +164,7 @@ def process_grounding(task: GroundingTask, root: Path, image_size: int) -> Outco
         assert task.subject_id is not None and task.study_id is not None
         path = image_path(root, task.subject_id, task.study_id, task.dicom_id)
     try:
-        png, geometry = process_image_file(path, image_size)
+        png, geometry = process_image_file(path, image_size, max_pixels=max_pixels)
     except BadImage as exc:
         return Outcome(task.phrase_id, None, f"image_{exc.reason}")
     degraded = set(task.degraded)
@@ -205,6 +215,8 @@ def plan_class_items(csv: Path, root: Path, ids_of: dict[str, tuple[int, int]]) 
         skip = None
         if not path.strip():
             skip = "path_missing"
+        elif not _inside(path.strip()):
+            skip = "bad_path"
         elif not positive:
             skip = "no_positive_class"
         elif len(positive) > 1:
@@ -219,12 +231,13 @@ def plan_class_items(csv: Path, root: Path, ids_of: dict[str, tuple[int, int]]) 
     return tasks
 
 
-def process_class_item(task: ClassItemTask, reports: ReportSource, image_size: int) -> Outcome:
+def process_class_item(task: ClassItemTask, reports: ReportSource, image_size: int,
+                       max_pixels: Optional[int] = MAX_PIXELS) -> Outcome:
     """One 5x200 image -> its row; its text from ``Report Impression`` or the study's report."""
     if task.skip:
         return Outcome(task.item_id, None, task.skip)
     try:
-        png, geometry = process_image_file(task.resolved, image_size)
+        png, geometry = process_image_file(task.resolved, image_size, max_pixels=max_pixels)
     except BadImage as exc:
         return Outcome(task.item_id, None, f"image_{exc.reason}")
     text = clean_text(task.impression) if task.impression else ""

@@ -28,6 +28,7 @@ from limitr.errors import LimitrError
 from limitr.eval.prompts import all_prompts, tokenize_prompts
 from limitr.eval.store import EmbeddingWriter
 from limitr.progress import ProgressFn, advance
+from limitr.settings import default_of
 
 #: The table names, and the key each is saved under.
 TABLE_KEYS: dict[str, str] = {
@@ -50,8 +51,8 @@ class EmbedSettings:
 
     crop_size: int
     upsample_to: Optional[int] = None
-    batch_size: int = 64
-    rows_per_file: int = 4096
+    batch_size: int = default_of("embed", "batch_size")
+    rows_per_file: int = default_of("embed", "rows_per_file")
     max_length: int = 97
     device: str = "cpu"
 

@@ -37,6 +37,7 @@ from limitr.eval.results import (
 from limitr.eval.scoring import score_matrix, take
 from limitr.eval.store import align, has_embeddings, read_embeddings, read_manifest
 from limitr.progress import ProgressFn
+from limitr.settings import default_of
 
 
 @dataclass
@@ -46,9 +47,9 @@ class EvalSettings:
     score_block: images and texts per ``similarity`` call; chunk: the model's report chunk;
     curve_max_k: the recall-at-K curve runs K = 1..curve_max_k; device: where scoring runs."""
 
-    block_size: int = 1000
-    rerank_top_k: Optional[int] = None
-    score_block: int = 64
+    block_size: int = default_of("evaluate", "block_size")
+    rerank_top_k: Optional[int] = default_of("evaluate", "rerank_top_k")
+    score_block: int = default_of("evaluate", "score_block")
     chunk: Optional[int] = None
     curve_max_k: int = 100
     device: str = "cpu"

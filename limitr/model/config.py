@@ -1,4 +1,6 @@
-"""The model's configuration: one typed record mirroring the ``model`` section of params.yaml."""
+"""The model's configuration: one typed record mirroring the ``model`` section of params.yaml.
+
+Its defaults are the schema's (:class:`limitr.settings.ModelSettings`), the single source."""
 
 from __future__ import annotations
 
@@ -6,6 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Optional
 
 from limitr.errors import LimitrError
+from limitr.settings import LossWeightSettings, ModelSettings
+
+_DEFAULTS = ModelSettings()
+_LOSS_DEFAULTS = LossWeightSettings()
 
 IMAGE_BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 INTERNAL_WEIGHTINGS: tuple[str, ...] = ("saf", "uniform")
@@ -21,9 +27,9 @@ class LossWeights:
     ``global_`` the global score (method.md, "Similarity used for retrieval").
     """
 
-    local_external: float = 1.0
-    local_internal: float = 0.0
-    global_: float = 1.0
+    local_external: float = _LOSS_DEFAULTS.local_external
+    local_internal: float = _LOSS_DEFAULTS.local_internal
+    global_: float = _LOSS_DEFAULTS.global_
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LossWeights":
@@ -44,9 +50,9 @@ class LossWeights:
                 except (TypeError, ValueError):
                     raise LimitrError(f"model.loss_weights.{key} must be a number, got {d[key]!r}") from None
         return cls(
-            local_external=values.get("local_external", 1.0),
-            local_internal=values.get("local_internal", 0.0),
-            global_=values.get("global", 1.0),
+            local_external=values.get("local_external", _LOSS_DEFAULTS.local_external),
+            local_internal=values.get("local_internal", _LOSS_DEFAULTS.local_internal),
+            global_=values.get("global", _LOSS_DEFAULTS.global_),
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -87,24 +93,24 @@ class ModelConfig:
     score_chunk: reports per chunk of the all-pairs local scores (None = all at once).
     """
 
-    image_backbone: str = "resnet18"
-    image_weights: Optional[str] = None
-    local_layer: str = "layer3"
-    text_encoder: Optional[str] = None
-    text_freeze_layers: int = 4
-    embed_dim: int = 256
-    lateral: bool = True
-    positional_encoding: bool = True
-    positional_encoding_scale: float = 1.0
-    caption_attention: bool = True
-    image_attention: bool = True
-    temp1: float = 4.0
-    attention_scale: float = 1.0
-    temp3: float = 10.0
-    internal_weighting: str = "saf"
-    saf_dropout: float = 0.4
+    image_backbone: str = _DEFAULTS.image_backbone
+    image_weights: Optional[str] = _DEFAULTS.image_weights
+    local_layer: str = _DEFAULTS.local_layer
+    text_encoder: Optional[str] = _DEFAULTS.text_encoder
+    text_freeze_layers: int = _DEFAULTS.text_freeze_layers
+    embed_dim: int = _DEFAULTS.embed_dim
+    lateral: bool = _DEFAULTS.lateral
+    positional_encoding: bool = _DEFAULTS.positional_encoding
+    positional_encoding_scale: float = _DEFAULTS.positional_encoding_scale
+    caption_attention: bool = _DEFAULTS.caption_attention
+    image_attention: bool = _DEFAULTS.image_attention
+    temp1: float = _DEFAULTS.temp1
+    attention_scale: float = _DEFAULTS.attention_scale
+    temp3: float = _DEFAULTS.temp3
+    internal_weighting: str = _DEFAULTS.internal_weighting
+    saf_dropout: float = _DEFAULTS.saf_dropout
     loss_weights: LossWeights = field(default_factory=LossWeights)
-    score_chunk: Optional[int] = 64
+    score_chunk: Optional[int] = _DEFAULTS.score_chunk
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_weights, Mapping):

@@ -218,7 +218,13 @@ class LIMITR(nn.Module):
         text_cfg_path = path / TEXT_CONFIG_FILE
         text_cfg = json.loads(text_cfg_path.read_text()) if text_cfg_path.is_file() else None
         model = cls(config, text_model_config=text_cfg, load_weights=False)
-        missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False, device=str(device))
+        try:
+            missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False, device=str(device))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, or a header that does not parse
+            raise LimitrError(
+                f"{path / WEIGHTS_FILE} cannot be read ({str(exc).splitlines()[0][:120]}): it is damaged or "
+                "truncated; rerun the train stage that wrote it"
+            ) from None
         if missing or unexpected:
             raise LimitrError(
                 f"{path / WEIGHTS_FILE} does not match its config: missing {sorted(missing)[:5]}, "

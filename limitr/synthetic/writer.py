@@ -36,6 +36,7 @@ from limitr.synthetic.reports import without_headers
 from limitr.synthetic.structure import Study, plan_dataset
 from limitr.errors import LimitrError
 from limitr.progress import ProgressFn, advance
+from limitr.settings import default_of
 
 JPEG_QUALITY = 90
 ImageBoxes = dict[str, dict[int, list[Box]]]  # dicom_id -> finding index -> boxes
@@ -66,8 +67,8 @@ def default_workers() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-def generate(out: Path, n_studies: int, seed: int, fault_rate: float = 0.0,
-             image_scale: float = 0.125, progress: ProgressFn = None,
+def generate(out: Path, n_studies: int, seed: int, fault_rate: float = default_of("synthesize", "fault_rate"),
+             image_scale: float = default_of("synthesize", "image_scale"), progress: ProgressFn = None,
              workers: Optional[int] = None) -> dict:
     """Write a synthetic MIMIC-CXR-shaped data set of ``n_studies`` studies under ``out``.
 

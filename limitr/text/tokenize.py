@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from limitr.data.schema import SPLITS, token_schema
-from limitr.data.shards import ParquetSink, iter_batches, read_table, split_files
+from limitr.data.shards import ParquetSink, check_readable, iter_batches, read_table, split_files
 from limitr.errors import LimitrError
 from limitr.progress import ProgressFn, advance
 
@@ -108,18 +108,33 @@ def check_shards(shards: Path) -> None:
     shards = Path(shards)
     if not shards.is_dir() or not any(split_files(shards, s) for s in SPLITS):
         raise LimitrError(f"{shards} holds no study shards: run the preprocess stage first")
+    count_texts(shards)  # every file's footer: a damaged file is named before any work
 
 
 def count_texts(shards: Path) -> int:
     """Rows to tokenize under ``shards`` (the progress total)."""
-    import pyarrow.parquet as pq
+    files = [p for s in SPLITS for p in split_files(shards, s)]
+    files += [Path(shards) / f"{name}.parquet" for name, _ in EVAL_TABLES if (Path(shards) / f"{name}.parquet").is_file()]
+    return check_readable(files)
 
-    total = sum(pq.read_metadata(p).num_rows for s in SPLITS for p in split_files(shards, s))
-    for name, _ in EVAL_TABLES:
-        path = Path(shards) / f"{name}.parquet"
-        if path.is_file():
-            total += pq.read_metadata(path).num_rows
-    return total
+
+def check_token_vocabulary(tokens: Path) -> None:
+    """Refuse token shards whose ids come from a WordPiece vocabulary trained by tokenize:
+    they do not index the pretrained text encoder's embeddings."""
+    import json
+
+    report_path = Path(tokens) / "report.json"
+    if not report_path.is_file():
+        return
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return
+    if report.get("trained_wordpiece") or str(report.get("tokenizer", "")).startswith("wordpiece trained"):
+        raise LimitrError(
+            f"the token shards in {tokens} use a WordPiece vocabulary trained by tokenize, whose ids do not "
+            "match the pretrained text encoder's embeddings; set tokenize.train_wordpiece: false and rerun tokenize"
+        )
 
 
 def training_texts(shards: Path) -> Iterator[str]:

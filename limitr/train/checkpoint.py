@@ -88,7 +88,15 @@ def load_weights(model: nn.Module, folder: Path) -> None:
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise LimitrError(f"checkpoint {folder} has no model.safetensors: remove it or start with --no-resume")
-    load_model(model, str(path), strict=True, device="cpu")
+    try:
+        load_model(model, str(path), strict=True, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, or a header that does not parse
+        if isinstance(exc, LimitrError):
+            raise
+        raise LimitrError(
+            f"{path} cannot be read ({str(exc).splitlines()[0][:120]}): it is damaged or truncated; "
+            "start afresh with --no-resume, or delete that folder"
+        ) from None
 
 
 def load_state(folder: Path) -> Optional[dict]:

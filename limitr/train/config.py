@@ -6,10 +6,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional, Union
 
 from limitr.errors import LimitrError
+from limitr.settings import TrainSettings
+
+#: The schema's defaults (the single source; see limitr/settings.py).
+_DEFAULTS = TrainSettings()
 
 #: Keys of params.yaml's ``train`` section that the stage reads, not the loop: the folders,
 #: and ``seed`` (the training seed, null = ``base.seed``; it reaches the loop as an argument).
-STAGE_KEYS: tuple[str, ...] = ("shards", "tokens", "out", "seed")
+STAGE_KEYS: tuple[str, ...] = TrainSettings.STAGE_KEYS
 #: Knobs that may change when a run is resumed (they do not alter the steps already taken).
 RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers")
 
@@ -26,22 +30,22 @@ class TrainConfig:
     max_steps_per_epoch: cap for quick runs (None = every full global batch).
     """
 
-    epochs: int = 6
-    batch_size: int = 32
-    crop_size: int = 128
-    upsample_to: Optional[int] = None
-    lr: float = 5.0e-5
-    image_lr: Optional[float] = 1.0e-4
-    head_lr: Optional[float] = None
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = 1.0e-6
-    grad_clip: Optional[float] = 0.25
-    patience: Optional[int] = 5
-    plateau_factor: float = 0.5
-    plateau_patience: int = 1
-    mixed_precision: Union[str, bool] = "auto"
-    num_workers: int = 0
-    max_steps_per_epoch: Optional[int] = None
+    epochs: int = _DEFAULTS.epochs
+    batch_size: int = _DEFAULTS.batch_size
+    crop_size: int = _DEFAULTS.crop_size
+    upsample_to: Optional[int] = _DEFAULTS.upsample_to
+    lr: float = _DEFAULTS.lr
+    image_lr: Optional[float] = _DEFAULTS.image_lr
+    head_lr: Optional[float] = _DEFAULTS.head_lr
+    betas: tuple[float, float] = _DEFAULTS.betas
+    weight_decay: float = _DEFAULTS.weight_decay
+    grad_clip: Optional[float] = _DEFAULTS.grad_clip
+    patience: Optional[int] = _DEFAULTS.patience
+    plateau_factor: float = _DEFAULTS.plateau_factor
+    plateau_patience: int = _DEFAULTS.plateau_patience
+    mixed_precision: Union[str, bool] = _DEFAULTS.mixed_precision
+    num_workers: Union[int, str] = _DEFAULTS.num_workers
+    max_steps_per_epoch: Optional[int] = _DEFAULTS.max_steps_per_epoch
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "TrainConfig":
@@ -59,6 +63,8 @@ class TrainConfig:
                     if len(b) != 2:
                         raise ValueError
                     kwargs[key] = (b[0], b[1])
+                elif key == "num_workers" and isinstance(value, str) and value.strip().lower() == "auto":
+                    kwargs[key] = "auto"
                 elif key == "mixed_precision":
                     kwargs[key] = value if isinstance(value, bool) else str(value).lower()
                 elif value is None:
@@ -88,6 +94,8 @@ class TrainConfig:
             raise LimitrError(f"train.mixed_precision must be auto, true or false, got {self.mixed_precision!r}")
         if not 0 < self.plateau_factor < 1:
             raise LimitrError(f"train.plateau_factor must be in (0, 1), got {self.plateau_factor}")
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise LimitrError(f"train.num_workers must be auto or a whole number >= 0, got {self.num_workers!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise LimitrError("train.max_steps_per_epoch must be null or >= 1")
 
@@ -95,3 +103,17 @@ class TrainConfig:
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def resolve_num_workers(value: Union[int, str]) -> int:
+    """DataLoader workers for ``train.num_workers``: the number, or for ``auto`` the usable
+    cores less one for the training process (at most 4; none on a single core)."""
+    if value != "auto":
+        return int(value)
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))

@@ -24,7 +24,7 @@ import torch
 from limitr.errors import LimitrError
 from limitr.progress import ProgressFn, advance
 from limitr.train import checkpoint as ckpt
-from limitr.train.config import RESUMABLE_CHANGES, TrainConfig
+from limitr.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_num_workers
 from limitr.train.curves import CurveWriter
 from limitr.train.dataset import ModelInputs, StudyDataset, collate_studies
 from limitr.train.distributed import (
@@ -38,12 +38,15 @@ from limitr.train.validate import RECALL_KEYS, autocast_context, validate
 
 @dataclass
 class TrainCallbacks:
-    """Hooks for the caller's display. on_start(total_steps, steps_done); on_step and
-    on_epoch receive the rows written to the step and epoch curves."""
+    """Hooks for the caller's display and curve logging. on_start(total_steps, steps_done);
+    on_step and on_epoch receive each step's and epoch's row; on_history(steps, epochs) gets
+    the rows a resumed run already has (empty lists for a new run) before training starts,
+    so a curve logger can start afresh without rows of a cut-short epoch."""
 
     on_start: Optional[Callable[[int, int], None]] = None
     on_step: Optional[Callable[[dict], None]] = None
     on_epoch: Optional[Callable[[dict], None]] = None
+    on_history: Optional[Callable[[list, list], None]] = None
 
 
 @dataclass
@@ -181,7 +184,8 @@ def train(
             "lower the batch size or use more data"
         )
     loader_kwargs = dict(
-        collate_fn=collate_studies, num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda"
+        collate_fn=collate_studies, num_workers=resolve_num_workers(train_cfg.num_workers),
+        pin_memory=device.type == "cuda",
     )
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kwargs)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=train_cfg.batch_size, shuffle=False, **loader_kwargs)
@@ -229,7 +233,8 @@ def train(
             "seed": int(seed), "world_size": dist.world_size,
         })
         ckpt.write_json(out / "report.json", {"train": train_set.report, "validate": val_set.report})
-        curves.reset(step_history, epoch_history)
+        if cb.on_history:
+            cb.on_history(step_history, epoch_history)
     barrier(dist)
 
     steps_per_epoch = len(sampler)
@@ -274,7 +279,6 @@ def train(
             }
             tick = now
             step_history.append(row)
-            curves.add_step(row)
             advance(progress)
             if cb.on_step:
                 cb.on_step(row)
@@ -308,7 +312,6 @@ def train(
         epoch_history.append(epoch_row)
         seconds = seconds_before + time.perf_counter() - started
         if main:
-            curves.add_epoch(epoch_row)
             if improved:
                 ckpt.save_checkpoint(model, out / ckpt.BEST_DIR, metrics=epoch_row)
             ckpt.save_checkpoint(model, out / ckpt.LAST_DIR, state={

@@ -92,6 +92,9 @@ EXPECTED_REPORT = {
         "text_from_last_paragraph": [50000009],
         "view_from_code_meaning": [50000014],
     },
+    "rows_read": 23,
+    "rows_used": 23,
+    "rows_dropped": {},
 }
 
 

@@ -30,7 +30,7 @@ def write_params(root: Path, **evaluate) -> Path:
                   "out": str(root / "emb"), "batch_size": 4, "rows_per_file": 6},
         "evaluate": {"embeddings": str(root / "emb"), "model": str(root / "model"), "shards": str(root / "shards"),
                      "metrics": str(root / "metrics"), "plots": str(root / "metrics" / "plots"),
-                     "block_size": 4, "rerank_top_k": None, "score_block": 3, **evaluate},
+                     "block_size": 4, "rerank_top_k": None, "score_block": 3, "ground_truth": None, **evaluate},
     }
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -85,6 +85,20 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
     assert retrieval["block4"]["n_blocks"] == 2 and retrieval["block4"]["n_studies_dropped"] == 2
     assert retrieval["rerank"]["top_k"] == 3 and "full" in retrieval["rerank"]
     assert set(retrieval["by_score"]) == {"global", "local"}
+
+    # the headline figures: the one file `dvc metrics show` reads, every key filled
+    from stages.evaluate import SUMMARY_KEYS
+
+    summary = json.loads((metrics / "summary.json").read_text())
+    assert list(summary) == list(SUMMARY_KEYS)
+    assert summary["i2t_R@1"] == pytest.approx(want["i2t"]["R@1"], abs=0.005)
+    assert summary["r_sum"] == pytest.approx(retrieval["full"]["r_sum"], abs=0.005)
+    assert summary["block_r_sum"] == pytest.approx(retrieval["block4"]["r_sum"], abs=0.005)
+    class_p5 = json.loads((metrics / "class_retrieval.json").read_text())["t2i"]["P@5"]["mean"]
+    assert summary["P@5"] == pytest.approx(class_p5, abs=0.005)
+    for key in SUMMARY_KEYS:
+        if key != "best_epoch":  # the stand-in model has no training history
+            assert isinstance(summary[key], float), key
 
     cr = json.loads((metrics / "class_retrieval.json").read_text())
     assert set(cr["t2i"]) == {"P@5", "P@10"} and set(cr["i2t"]) == {"P@5", "P@10"}  # 10 items: no P@50
@@ -154,6 +168,8 @@ def test_absent_tables_write_skipped_metrics(tmp_path: Path, stubbed: StubModel)
     assert "full" in json.loads((metrics / "retrieval.json").read_text())
     assert "auroc" in json.loads((metrics / "zero_shot.json").read_text())
     assert "ground truth" in json.loads((metrics / "probes.json").read_text())["skipped"]
+    summary = json.loads((metrics / "summary.json").read_text())
+    assert summary["P@5"] is None and summary["cnr"] is None and summary["r_sum"] is not None
     assert [p.name for p in (metrics / "plots" / "grounding").iterdir()] == ["skipped.png"]
     assert (metrics / "plots" / "precision_at_k.tsv").read_text().strip() == "k\tt2i\ti2t"  # header only
 
@@ -293,3 +309,13 @@ def test_grounding_miou_threshold_is_chosen_on_validation_phrases(tmp_path: Path
     assert table.column("category_name").to_pylist()[3] == "Pneumothorax"
     assert after["miou"]["Pneumothorax"] is None and after["miou"]["Pleural Effusion"] is not None
     assert before["miou"]["Pneumothorax"] is not None
+
+
+def test_summary_names_the_best_epoch_and_leaves_skipped_figures_null(tmp_path: Path) -> None:
+    from stages.evaluate import SUMMARY_KEYS, headline_figures
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "metrics.json").write_text(json.dumps({"epoch": 3, "r_sum": 12.0}))
+    summary = headline_figures({"retrieval": {"skipped": "no test split"}}, "block1000", tmp_path)
+    assert list(summary) == list(SUMMARY_KEYS) and summary["best_epoch"] == 3
+    assert all(summary[k] is None for k in SUMMARY_KEYS if k != "best_epoch")

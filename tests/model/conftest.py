@@ -40,6 +40,11 @@ def tiny_config(tiny_text_encoder: Path):
             "embed_dim": 16,
             "saf_dropout": 0.0,
             "score_chunk": None,
+            # the method's settings, which these tests check (the CPU defaults differ)
+            "local_layer": "layer3",
+            "positional_encoding": True,
+            "positional_encoding_scale": 1.0,
+            "attention_scale": 1.0,
         }
         d.update(overrides)
         return ModelConfig.from_dict(d)

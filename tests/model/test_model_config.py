@@ -42,7 +42,7 @@ def test_defaults_and_nulls():
         ({"loss_weights": {"globl": 1.0}}, ["globl", "loss_weights"]),
         ({"image_backbone": "vgg16"}, ["image_backbone", "resnet18"]),
         ({"local_layer": "layer4"}, ["local_layer", "layer2"]),
-        ({"embed_dim": 10}, ["embed_dim", "divisible by 4"]),
+        ({"embed_dim": 10, "positional_encoding": True}, ["embed_dim", "divisible by 4"]),
         ({"internal_weighting": "max"}, ["internal_weighting"]),
         ({"saf_dropout": 1.0}, ["saf_dropout"]),
         ({"text_freeze_layers": -2}, ["text_freeze_layers"]),

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from limitr.errors import LimitrError
 from limitr.model.config import ModelConfig
 from limitr.train import checkpoint as ckpt
-from limitr.train.curves import read_tsv
+from stages.live import LiveCurves, live_callbacks, read_curve
 from limitr.train.loop import TrainCallbacks, TrainConfig, train
 from train_data_factory import tiny_model_dict
 
@@ -41,18 +41,22 @@ def _run(tmp: Path, bert: Path, data, name: str, *, seed: int = 0, kill_at: int 
         if kill_at is not None and row["step"] == kill_at:
             raise Killed()
 
-    return train(
-        model_cfg,
-        train_cfg,
-        shards,
-        tokens,
-        tmp / name,
-        seed=seed,
-        device="cpu",
-        metrics_dir=tmp / f"{name}-metrics",
-        resume=resume,
-        callbacks=TrainCallbacks(on_step=on_step),
-    )
+    curves = LiveCurves(tmp / f"{name}-metrics" / "training")
+    try:
+        return train(
+            model_cfg,
+            train_cfg,
+            shards,
+            tokens,
+            tmp / name,
+            seed=seed,
+            device="cpu",
+            metrics_dir=tmp / f"{name}-metrics",
+            resume=resume,
+            callbacks=live_callbacks(curves, TrainCallbacks(on_step=on_step)),
+        )
+    finally:
+        curves.close()
 
 
 def _losses(result) -> list[float]:
@@ -85,7 +89,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tiny_bert, ti
         _run(tmp_path, tiny_bert, tiny_data, "run", kill_at=5)  # epoch 2, second step
     state = ckpt.load_state(tmp_path / "run" / "last")
     assert state is not None and state["epoch"] == 1 and not state["finished"]
-    assert len(read_tsv(tmp_path / "run-metrics" / "train_steps.tsv")) == 5
+    assert len(read_curve(tmp_path / "run-metrics" / "training", "per_step", "loss")) == 5
 
     resumed = _run(tmp_path, tiny_bert, tiny_data, "run")  # resume=None: picks up out/last
     assert resumed.resumed_from_epoch == 1
@@ -96,11 +100,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tiny_bert, ti
         torch.testing.assert_close(run_w[key], ref_w[key], rtol=1e-5, atol=1e-6, msg=key)
 
     # The curves hold every step once, as the uninterrupted run's do.
-    steps = read_tsv(tmp_path / "run-metrics" / "train_steps.tsv")
-    ref_steps = read_tsv(ref_dir / "ref-metrics" / "train_steps.tsv")
-    assert [r["step"] for r in steps] == [r["step"] for r in ref_steps] == [str(i) for i in range(1, 10)]
-    assert [r["loss"] for r in steps] == [r["loss"] for r in ref_steps]
-    assert len(read_tsv(tmp_path / "run-metrics" / "train_epochs.tsv")) == 3
+    steps = read_curve(tmp_path / "run-metrics" / "training", "per_step", "loss")
+    ref_steps = read_curve(ref_dir / "ref-metrics" / "training", "per_step", "loss")
+    assert [x for x, _ in steps] == [x for x, _ in ref_steps] == list(range(1, 10))
+    torch.testing.assert_close(torch.tensor([v for _, v in steps]), torch.tensor([v for _, v in ref_steps]),
+                               rtol=1e-5, atol=1e-6)
+    assert [x for x, _ in read_curve(tmp_path / "run-metrics" / "training", "per_epoch", "r_sum")] == [1, 2, 3]
     summary = json.loads((tmp_path / "run-metrics" / "train.json").read_text())
     ref_summary = json.loads((ref_dir / "ref-metrics" / "train.json").read_text())
     for key in ("best_epoch", "epochs_run", "steps", "best", "final"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from limitr.train.curves import STEP_COLUMNS, read_tsv
+from stages.live import STEP_CURVES, read_curve
 from train_data_factory import tiny_model_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +60,12 @@ def test_train_stage_writes_model_curves_and_metrics(tiny_bert, tiny_data, tmp_p
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["epochs"] == 2 and config["train"]["batch_size"] == 8  # options override
     assert config["seed"] == 3
-    steps = read_tsv(tmp_path / "metrics" / "train_steps.tsv")
-    assert len(steps) == 2 and list(steps[0]) == list(STEP_COLUMNS)
+    curves = tmp_path / "metrics" / "training"
+    for name in STEP_CURVES:
+        if name != "grad_norm" or config["train"]["grad_clip"]:
+            assert [x for x, _ in read_curve(curves, "per_step", name)] == [1, 2], name
+    assert [x for x, _ in read_curve(curves, "per_epoch", "r_sum")] == [1, 2]
+    assert json.loads((curves / "metrics.json").read_text())["per_epoch"]["r_sum"] is not None
     summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert summary["epochs_run"] == 2 and summary["world_size"] == 1
     assert {"final", "best", "best_epoch", "seconds"} <= set(summary)
@@ -75,6 +79,24 @@ def test_train_stage_errors_are_one_line(tiny_bert, tiny_data, tmp_path: Path) -
     assert len(lines) == 1 and lines[0].startswith("error:") and "preprocess" in lines[0]
     result = _limitr("train", "--params", str(params), "--resume", "--out", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode == 1 and "nothing to resume" in result.stderr
+
+
+def test_truncated_checkpoint_with_resume_is_one_line(tiny_bert, tiny_data, tmp_path: Path) -> None:
+    params = _params(tmp_path, tiny_bert, tiny_data)
+    result = _limitr("train", "--params", str(params), "--epochs", "1", "--batch-size", "8",
+                     "--metrics", str(tmp_path / "metrics"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = tmp_path / "model" / "last" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "model").rglob("*")}
+    result = _limitr("train", "--params", str(params), "--epochs", "2", "--batch-size", "8", "--resume",
+                     "--metrics", str(tmp_path / "metrics"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr
+    assert str(weights) in lines[0] and "--no-resume" in lines[0]
+    # nothing written: the run folder is as it was
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "model").rglob("*")} == before
 
 
 @pytest.mark.slow
