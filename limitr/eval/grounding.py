@@ -34,8 +34,8 @@ IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9
 
 def center_crop_offset(size: int, crop: int) -> int:
     """Pixels before a centred crop of ``crop`` in ``size``: the evaluation crop of the
-    training dataset (:func:`limitr.train.dataset.crop_offsets`), whose rule this must share."""
-    from limitr.train.dataset import crop_offsets
+    study preparation (:func:`limitr.data.prepare.crop_offsets`), whose rule this must share."""
+    from limitr.data.prepare import crop_offsets
 
     return crop_offsets(size, size, crop, None)[0]
 

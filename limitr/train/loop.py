@@ -26,7 +26,8 @@ from limitr.progress import ProgressFn, advance
 from limitr.train import checkpoint as ckpt
 from limitr.train.config import RESUMABLE_CHANGES, TrainConfig
 from limitr.train.curves import CurveWriter
-from limitr.train.dataset import ModelInputs, StudyDataset, collate_studies
+from limitr.data.prepare import ModelInputs, collate_studies
+from limitr.data.studies import StudyDataset
 from limitr.train.distributed import (
     DistContext,
     ShardedBatchSampler,

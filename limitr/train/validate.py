@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from limitr.progress import ProgressFn, advance
-from limitr.train.dataset import StudyBatch
+from limitr.data.prepare import StudyBatch
 from limitr.train.distributed import as_float32
 
 T = TypeVar("T")
