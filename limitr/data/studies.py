@@ -39,7 +39,7 @@ import uuid
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -334,9 +334,14 @@ class StudyDataset(torch.utils.data.Dataset):
     def _crop(self, data: bytes, rng: Optional[np.random.Generator]) -> torch.Tensor:
         return torch.from_numpy(crop_square(decode_grey(data), self.crop_size, rng))
 
-    def __getitem__(self, index: int) -> StudyItem:
+    def __getitem__(self, index: Union[int, tuple[int, int]]) -> StudyItem:
+        """Study ``index`` cropped for the epoch of :meth:`set_epoch`, or for ``epoch`` when
+        given ``(epoch, index)`` (what :class:`EpochBatches` yields)."""
+        epoch = self.epoch
+        if isinstance(index, tuple):
+            epoch, index = index
         index = int(index)
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
+        rng = np.random.default_rng((self.seed, int(epoch), index)) if self.train else None
         frontal_bytes, lateral_bytes = self.image_bytes(index)
         try:
             frontal = self._crop(frontal_bytes, rng)
@@ -356,3 +361,28 @@ class StudyDataset(torch.utils.data.Dataset):
             attention_mask=torch.from_numpy(self._attention[index].astype(np.int64)),
             word_ids=torch.from_numpy(self._word_ids[index].astype(np.int64)),
         )
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """A batch sampler whose indices carry the epoch: ``[(epoch, i), ...]``.
+
+    Persistent DataLoader workers hold the copy of the dataset made when they started, so a
+    :meth:`StudyDataset.set_epoch` in the training process never reaches them; with the epoch
+    in each index they crop for the right epoch whatever the number of workers.
+    ``batches`` is a batch sampler with ``set_epoch`` (e.g. ``ShardedBatchSampler``).
+    """
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            yield [(self.epoch, int(i)) for i in batch]

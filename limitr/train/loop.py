@@ -29,7 +29,7 @@ from limitr.train import checkpoint as ckpt
 from limitr.train.config import RESUMABLE_CHANGES, TrainConfig
 from limitr.train.curves import CurveWriter
 from limitr.data.prepare import ModelInputs, collate_studies
-from limitr.data.studies import StudyDataset
+from limitr.data.studies import EpochBatches, StudyDataset
 from limitr.train.distributed import (
     DistContext,
     ShardedBatchSampler,
@@ -307,7 +307,8 @@ def make_loaders(train_set: StudyDataset, val_set: StudyDataset, sampler: Sharde
 
     Workers (``train.num_workers``) stay alive across epochs and keep ``prefetch_factor``
     batches each in flight; batches are pinned on CUDA. Results do not depend on the worker
-    count: crops are seeded per study and epoch, and the loaders draw their worker seeds from
+    count: crops are seeded per study and epoch (the epoch travels with each index, see
+    :class:`EpochBatches`), and the loaders draw their worker seeds from
     a generator of their own, never from the global torch generator that dropout uses.
     Validation uses a fixed seeded subset of at most ``train.val_max_studies`` studies.
     """
@@ -316,7 +317,7 @@ def make_loaders(train_set: StudyDataset, val_set: StudyDataset, sampler: Sharde
     if workers:
         kwargs.update(persistent_workers=True, prefetch_factor=2)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed), **kwargs
+        train_set, batch_sampler=EpochBatches(sampler), generator=torch.Generator().manual_seed(seed), **kwargs
     )
     subset = validation_subset(len(val_set), train_cfg.val_max_studies, seed)
     val_data = val_set if subset is None else torch.utils.data.Subset(val_set, subset.tolist())
@@ -374,7 +375,7 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
 def train_epoch(run: _Run, train_cfg: TrainConfig, model_cfg: Any, epoch: int, seed: int, dist: DistContext,
                 state: _State, curves: CurveWriter, progress: ProgressFn, cb: TrainCallbacks) -> float:
     """One pass over this rank's part of every global batch; returns the mean loss."""
-    run.sampler.set_epoch(epoch)
+    run.loader.batch_sampler.set_epoch(epoch)  # the sampler's shuffle, and the epoch of each index's crop
     run.train_set.set_epoch(epoch)
     torch.manual_seed(derive_seed(seed, epoch, dist.rank))
     # One draw from the global generator, where a DataLoader without a generator of its own
