@@ -7,8 +7,7 @@ exactly as the training loop does (ShardedBatchSampler, EpochBatches, collate_st
 persistent workers), for a fixed number of batches. It reports:
 
 - peak RSS of the training process and, separately, the largest peak RSS of its workers
-  (``getrusage``; RSS counts the touched pages of the memory-mapped image store too, which
-  are shared page cache, not private memory);
+  (``getrusage``), and the private (anonymous) part of the training process's RSS at the end;
 - loader studies/s after the first batch.
 
 From the two sizes: the growth of the training process's peak RSS per training study,
@@ -22,7 +21,7 @@ real preprocessed split (by default the pipeline's own data/shards and data/toke
 synthetic set at preprocess.image_size) are replicated with new study ids, in shard files of
 500 studies with row groups of 256, as preprocess writes them.
 
-    python benchmarks/bench_data_path.py [--sizes 2000 20000] [--batches 60] [--shards data/shards]
+    python benchmarks/bench_data_path.py [--sizes 2000 20000] [--batches 400] [--shards data/shards]
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ def measure(data: Path, workers: int, batches: int, batch_size: int, crop: int) 
     built = time.perf_counter() - t0
     rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     anon_built = _status_mb("RssAnon")
-    sampler = EpochBatches(ShardedBatchSampler(len(ds), batch_size, seed=0, max_batches=batches + 1))
+    sampler = EpochBatches(ShardedBatchSampler(len(ds), batch_size, seed=0))
     kwargs = dict(num_workers=workers, persistent_workers=True, prefetch_factor=2) if workers else {}
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_studies,
                                          generator=torch.Generator().manual_seed(0), **kwargs)
@@ -108,9 +107,16 @@ def measure(data: Path, workers: int, batches: int, batch_size: int, crop: int) 
     it = iter(loader)
     next(it)  # workers started, first batch in
     start = time.perf_counter()
-    n = 0
-    for batch in it:
-        n += len(batch)
+    n, epoch = 0, 0
+    while n < batches * batch_size:  # epoch after epoch (persistent workers) until enough
+        for batch in it:
+            n += len(batch)
+            if n >= batches * batch_size:
+                break
+        else:
+            epoch += 1
+            sampler.set_epoch(epoch)
+            it = iter(loader)
     rate = n / (time.perf_counter() - start)
     del it, loader  # workers exit; their peak RSS joins RUSAGE_CHILDREN
     time.sleep(0.5)
@@ -132,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--batches", type=int, default=60, help="batches timed per configuration")
+    parser.add_argument("--batches", type=int, default=400, help="batches timed per configuration")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--shards", type=Path, default=ROOT / "data" / "shards")

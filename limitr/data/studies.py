@@ -1,20 +1,24 @@
 """Studies of one split (study shards joined with token shards by study_id), read on demand.
 
 What lives in memory is an index and the token matrices, not the images: per kept study its
-study_id, where it came from (shard file, row group, row) and its token row, with the token
-matrices in the narrowest integer types that hold them. The image bytes of the kept studies
-are copied once, at construction, into an image store: an uncompressed Arrow IPC file opened
-with memory mapping. A study's PNG bytes are then a zero-copy slice of the mapped file.
+study_id, where it came from (shard file, row group, row), its token row and the file offset
+and length of its two images in the image store, with the token matrices in the narrowest
+integer types that hold them (about 1 KB per study with the default 97 tokens). The image
+bytes of the kept studies are copied once, at construction, into the image store: an
+uncompressed Arrow IPC file. A study's PNG bytes are then one positioned read (``os.pread``)
+of the store: the pages come from the kernel's page cache, which every DataLoader worker and
+every process on the machine share (forked workers inherit the file descriptor; nothing is
+copied or pickled) and which the kernel drops under memory pressure. Reading rather than
+memory-mapping keeps those pages out of each process's resident set, so the resident memory
+of a training process is bounded by the batch, not by the split.
 
 Why an Arrow IPC file and not Parquet row groups read on demand: training visits studies in a
 shuffled order, so consecutive items come from different row groups. A Parquet row group can
 only be read (and its pages decompressed) whole, so each item would cost a read of its whole
 row group (256 studies with the preprocess defaults): a 256-fold read amplification that an
-LRU cache only hides while the split fits in the cache. The mapped IPC file has no such
-cost: any row is a pointer into the page cache, which every DataLoader worker and every
-process on the machine share (forked workers inherit the mapping; nothing is copied or
-pickled), and which the kernel can drop under memory pressure. The PNG bytes are already
-compressed, so the store is about the size of the shards' image columns.
+LRU cache of decoded row groups only hides while the split fits in the cache. In the IPC file
+every value sits uncompressed at a fixed offset, written down in the file itself. The PNG
+bytes are already compressed, so the store is about the size of the shards' image columns.
 
 The store is written under a temporary name and renamed into place; its name carries a key of
 the shard and token files (paths, sizes, modification times) and the crop size, so a store
@@ -221,6 +225,20 @@ def _build_store(files: list[Path], tok: _Tokens, split: str, crop: int, dest: P
     return report
 
 
+def _value_spans(column: pa.Array, base: int) -> np.ndarray:
+    """(n, 2) int64 (file offset, length) of each value of a memory-mapped binary column;
+    length -1 for a null."""
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    offsets = offsets.astype(np.int64)
+    spans = np.empty((len(column), 2), dtype=np.int64)
+    start = data_buf.address - base if data_buf is not None and data_buf.size else 0  # empty: not in the file
+    spans[:, 0] = start + offsets[:-1]
+    spans[:, 1] = np.diff(offsets)
+    spans[column.is_null().to_numpy(zero_copy_only=False), 1] = -1
+    return spans
+
+
 def _remove_dir(path: str, pid: int) -> None:
     if os.getpid() == pid:  # never from a forked DataLoader worker
         shutil.rmtree(path, ignore_errors=True)
@@ -271,7 +289,8 @@ class StudyDataset(torch.utils.data.Dataset):
         store_dir.mkdir(parents=True, exist_ok=True)
         key = _file_key([*self.files, tok_path], self.crop_size)
         self.store_path = store_dir / f"{split}-{key}.arrow"
-        if self.store_path.is_file() and self.store_path.with_suffix(".json").is_file():
+        reused = self.store_path.is_file() and self.store_path.with_suffix(".json").is_file()
+        if reused:
             self.report = json.loads(self.store_path.with_suffix(".json").read_text())
         else:
             self.report = _build_store(self.files, tok, split, self.crop_size, self.store_path)
@@ -286,25 +305,44 @@ class StudyDataset(torch.utils.data.Dataset):
                 f"no {split} study has both images and tokens (left out: {skipped}); "
                 "check that train.shards and train.tokens come from the same preprocess run"
             )
-        self._open_store()
+        try:
+            self._open_store()
+        except LimitrError:
+            if not reused:
+                raise
+            self.report = _build_store(self.files, tok, split, self.crop_size, self.store_path)  # damaged: anew
+            self._open_store()
         rows = self._index["token_row"]
         self._input_ids = tok.input_ids[rows]
         self._attention = tok.attention[rows]
         self._word_ids = tok.word_ids[rows]
 
     def _open_store(self) -> None:
-        """Map the store; keep its batches (images) and its small columns as arrays (index)."""
+        """Read the store's index columns and the file position of every image; keep a file
+        descriptor for reading the images (``os.pread``: no seek, so forked workers share it)."""
         try:
-            reader = pa.ipc.open_file(pa.memory_map(str(self.store_path), "r"))
-            self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            mapped = pa.memory_map(str(self.store_path), "r")
+            base = mapped.read_buffer(1).address  # the mapping's first byte: file offset 0
+            reader = pa.ipc.open_file(mapped)
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            self._index = {
+                name: np.concatenate([b.column(name).to_numpy() for b in batches])
+                for name in ("study_id", "token_row", "file", "row_group", "row")
+            }
+            self._spans = {
+                name: np.concatenate([_value_spans(b.column(name), base) for b in batches])
+                for name in ("frontal_image", "lateral_image")
+            }
+            size = mapped.size()
+            mapped.close()
+            for spans in self._spans.values():
+                if ((spans[:, 1] >= 0) & ((spans[:, 0] < 0) | (spans[:, 0] + spans[:, 1] > size))).any():
+                    raise OSError("an image lies outside the file")
         except (OSError, pa.ArrowException) as exc:
             raise LimitrError(f"image store {self.store_path} cannot be read ({exc}); delete it and re-run") from exc
-        self._index = {
-            name: np.concatenate([b.column(name).to_numpy() for b in self._batches])
-            for name in ("study_id", "token_row", "file", "row_group", "row")
-        }
         self.study_ids = self._index["study_id"]
-        self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
+        self._fd = os.open(self.store_path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -320,16 +358,19 @@ class StudyDataset(torch.utils.data.Dataset):
 
     def image_bytes(self, index: int) -> tuple[bytes, Optional[bytes]]:
         """The PNG bytes of study ``index``: (frontal, lateral or None)."""
-        k = int(np.searchsorted(self._starts, index, side="right")) - 1
-        batch, row = self._batches[k], index - int(self._starts[k])
-        try:
-            frontal = batch.column(5)[row].as_py()
-            lateral = batch.column(6)[row].as_py()
-        except (OSError, pa.ArrowException) as exc:
-            raise LimitrError(
-                f"image store {self.store_path} cannot be read ({exc}); delete it and re-run"
-            ) from exc
-        return frontal, lateral
+        out = []
+        for name in ("frontal_image", "lateral_image"):
+            start, length = (int(v) for v in self._spans[name][index])
+            if length < 0:
+                out.append(None)
+                continue
+            data = os.pread(self._fd, length, start)
+            if len(data) != length:
+                raise LimitrError(
+                    f"image store {self.store_path} is shorter than its index (truncated?); delete it and re-run"
+                )
+            out.append(data)
+        return out[0], out[1]
 
     def _crop(self, data: bytes, rng: Optional[np.random.Generator]) -> torch.Tensor:
         return torch.from_numpy(crop_square(decode_grey(data), self.crop_size, rng))

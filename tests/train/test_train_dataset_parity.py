@@ -140,3 +140,18 @@ def test_token_matrices_are_narrow_in_memory(messy, tmp_path: Path) -> None:
     ds = StudyDataset(shards, tokens, "train", 24, train=False, store_dir=tmp_path)
     assert ds._input_ids.dtype == np.int8 and ds._attention.dtype == np.int8
     assert ds[0].input_ids.dtype == torch.int64
+
+
+def test_truncated_store_says_so_in_one_line(messy, tmp_path: Path) -> None:
+    shards, tokens = messy
+    ds = StudyDataset(shards, tokens, "train", 24, train=False, store_dir=tmp_path)
+    ds[len(ds) - 1]
+    with open(ds.store_path, "r+b") as f:
+        f.truncate(ds.store_path.stat().st_size // 2)
+    with pytest.raises(LimitrError) as err:
+        for i in range(len(ds)):
+            ds[i]
+    assert str(ds.store_path) in str(err.value) and "\n" not in str(err.value)
+    again = StudyDataset(shards, tokens, "train", 24, train=False, store_dir=tmp_path)  # written anew
+    fresh = StudyDataset(shards, tokens, "train", 24, train=False, store_dir=tmp_path / "fresh")
+    _items_equal(again[len(ds) - 1], fresh[len(ds) - 1])
