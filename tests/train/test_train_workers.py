@@ -76,3 +76,18 @@ def test_unreadable_study_stops_with_one_line(tiny_bert, tmp_path: Path, workers
     out = tmp_path / "run"
     assert not (out / "last").exists() and not (out / "best").exists()
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # nothing half-written
+
+
+def test_allocator_setting_takes_and_changes_no_number() -> None:
+    """mallopt accepts the settings on glibc, and a computation gives the same bits after."""
+    import platform
+
+    from limitr.train.allocator import tune_allocator
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 300, generator=gen), torch.randn(300, 300, generator=gen)
+    before = (a @ b).sum(0)
+    took = tune_allocator()
+    if platform.libc_ver()[0] == "glibc":
+        assert took
+    assert torch.equal((a @ b).sum(0), before)
