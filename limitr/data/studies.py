@@ -128,15 +128,25 @@ def _file_key(paths: list[Path], crop_size: int) -> str:
 class _Tokens:
     """A split's token shard: matrices and study_id -> first row."""
 
-    def __init__(self, path: Path, split: str) -> None:
-        try:
-            tok = pq.read_table(path, columns=["study_id", "input_ids", "attention_mask", "word_ids"])
+    def __init__(self, path: Path, split: str, batch_rows: int = 8192) -> None:
+        names = ("input_ids", "attention_mask", "word_ids")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in ("study_id", *names)}
+        try:  # batch by batch: the int64 lists of the file never sit in memory all at once
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["study_id", *names]):
+                parts["study_id"].append(np.asarray(batch.column(0), dtype=np.int64))
+                for i, name in enumerate(names, start=1):
+                    parts[name].append(_token_matrix(pa.chunked_array([batch.column(i)]), name, split))
         except (OSError, pa.ArrowException) as exc:
             raise LimitrError(f"token shard {path} cannot be read ({exc}); re-run the tokenize stage") from exc
-        ids = np.asarray(tok.column("study_id"), dtype=np.int64)
-        self.input_ids = _token_matrix(tok.column("input_ids"), "input_ids", split)
-        self.attention = _token_matrix(tok.column("attention_mask"), "attention_mask", split)
-        self.word_ids = _token_matrix(tok.column("word_ids"), "word_ids", split)
+        for name in names:
+            if len({m.shape[1] for m in parts[name]}) > 1:
+                raise LimitrError(
+                    f"token shard {split}: rows of '{name}' have different lengths; re-run the tokenize stage"
+                )
+        ids = np.concatenate(parts["study_id"]) if parts["study_id"] else np.zeros(0, np.int64)
+        self.input_ids, self.attention, self.word_ids = (
+            np.concatenate(parts[name]) if parts[name] else np.zeros((0, 0), np.int8) for name in names
+        )
         self.has_words = (self.word_ids >= 0).any(axis=1)
         unique, first = np.unique(ids, return_index=True)
         self.row_of = dict(zip(unique.tolist(), first.tolist()))

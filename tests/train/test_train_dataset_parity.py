@@ -155,3 +155,13 @@ def test_truncated_store_says_so_in_one_line(messy, tmp_path: Path) -> None:
     again = StudyDataset(shards, tokens, "train", 24, train=False, store_dir=tmp_path)  # written anew
     fresh = StudyDataset(shards, tokens, "train", 24, train=False, store_dir=tmp_path / "fresh")
     _items_equal(again[len(ds) - 1], fresh[len(ds) - 1])
+
+
+def test_token_shard_read_in_batches_gives_the_same_matrices(messy) -> None:
+    from limitr.data.studies import _Tokens
+
+    _, tokens = messy
+    whole, pieces = _Tokens(tokens / "train.parquet", "train"), _Tokens(tokens / "train.parquet", "train", batch_rows=3)
+    for name in ("input_ids", "attention", "word_ids", "has_words"):
+        assert np.array_equal(getattr(whole, name), getattr(pieces, name)), name
+    assert whole.row_of == pieces.row_of and whole.duplicates == pieces.duplicates == 1
