@@ -13,8 +13,10 @@ persistent workers), for a fixed number of batches. It reports:
 From the two sizes: the growth of the training process's peak RSS per training study,
 extrapolated to MIMIC-CXR's 227,000 training studies (target < 1 GB; the dataset that held
 every PNG in memory grew by ~113 KB per study at 256 px, ~24 GB), and the 2-worker/0-worker
-throughput ratio (target >= 1.8; on a machine whose cores are busy with other work the ratio
-falls, so run it alone).
+throughput ratio (target >= 1.8; it needs two idle cores for the workers besides the training
+process: on a machine whose cores are busy with other work the ratio falls, so run it alone).
+The CPU time the training process itself spends per study (what a GPU step waits on when
+the loader runs in-process) is printed too: it does not depend on what else runs.
 
 The studies are not synthesised from scratch (20,000 renderings take long): the rows of a
 real preprocessed split (by default the pipeline's own data/shards and data/tokens, i.e. the
@@ -107,6 +109,7 @@ def measure(data: Path, workers: int, batches: int, batch_size: int, crop: int) 
     it = iter(loader)
     next(it)  # workers started, first batch in
     start = time.perf_counter()
+    cpu_start = time.process_time()  # this process only (all its threads), not its workers
     n, epoch = 0, 0
     while n < batches * batch_size:  # epoch after epoch (persistent workers) until enough
         for batch in it:
@@ -118,6 +121,7 @@ def measure(data: Path, workers: int, batches: int, batch_size: int, crop: int) 
             sampler.set_epoch(epoch)
             it = iter(loader)
     rate = n / (time.perf_counter() - start)
+    cpu_ms = 1000 * (time.process_time() - cpu_start) / n
     del it, loader  # workers exit; their peak RSS joins RUSAGE_CHILDREN
     time.sleep(0.5)
     return {
@@ -131,6 +135,7 @@ def measure(data: Path, workers: int, batches: int, batch_size: int, crop: int) 
         "rss_file_mb": _status_mb("RssFile"),
         "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1) if workers else 0.0,
         "studies_per_s": round(rate, 1),
+        "training_process_cpu_ms_per_study": round(cpu_ms, 3),
     }
 
 
@@ -189,7 +194,9 @@ def main() -> None:
             ratio = get(n, 2, "studies_per_s") / get(n, 0, "studies_per_s")
             print(f"{n} studies: loader {get(n, 0, 'studies_per_s'):.0f} studies/s with 0 workers, "
                   f"{get(n, 2, 'studies_per_s'):.0f} with 2: ratio {ratio:.2f} "
-                  f"(target >= {TARGETS['2-worker / 0-worker throughput']})")
+                  f"(target >= {TARGETS['2-worker / 0-worker throughput']}); CPU of the training "
+                  f"process per study {get(n, 0, 'training_process_cpu_ms_per_study'):.3f} ms with 0 "
+                  f"workers, {get(n, 2, 'training_process_cpu_ms_per_study'):.3f} ms with 2")
 
 
 if __name__ == "__main__":
