@@ -9,7 +9,8 @@ crop a model is evaluated on is the crop it was trained on, by construction:
 - :func:`decode_centre_crop`: both for one image of a table, or the reason it was left out;
 - :class:`StudyItem` -> :func:`collate_studies` -> :class:`StudyBatch`: images stay uint8
   until they reach the device, reports are trimmed to the batch's longest;
-- :func:`prepare_images`: uint8 crops -> normalised (B, 3, S, S) floats on the device.
+- :func:`normalize_images` / :func:`prepare_images`: uint8 crops -> normalised (B, 3, S, S)
+  floats on the device (the encoders' input convention; ``limitr.model`` re-exports it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from limitr.errors import LimitrError
 
 
 def image_size(data: Optional[bytes]) -> Optional[tuple[int, int]]:
@@ -72,11 +75,25 @@ def decode_centre_crop(data: Optional[bytes], crop: int) -> tuple[Optional[np.nd
     return crop_square(image, crop), None
 
 
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """Grey uint8 images (B, 1, H, W) or (B, H, W) -> float (B, 3, H, W).
+
+    Intensities map to [-1, 1] (mean 0.5, std 0.5 on the [0, 1] scale) and the grey
+    channel is replicated to the three channels the ResNet stem expects.
+    """
+    if images.dtype != torch.uint8:
+        raise LimitrError(f"normalize_images expects uint8 pixels, got {images.dtype}")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4 or images.shape[1] != 1:
+        raise LimitrError(f"normalize_images expects (B, 1, H, W) or (B, H, W), got {tuple(images.shape)}")
+    x = images.float().div_(255.0).sub_(0.5).div_(0.5)
+    return x.repeat(1, 3, 1, 1)
+
+
 def prepare_images(grey: torch.Tensor, device: torch.device | str, upsample_to: Optional[int] = None) -> torch.Tensor:
     """(B, C, C) uint8 crops -> normalised (B, 3, S, S) float on ``device`` (S = ``upsample_to``
     when given, bilinear, else C)."""
-    from limitr.model.image_encoder import normalize_images
-
     device = torch.device(device)
     x = normalize_images(grey.to(device, non_blocking=device.type == "cuda"))
     if upsample_to is not None and tuple(x.shape[-2:]) != (upsample_to, upsample_to):
