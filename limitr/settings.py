@@ -165,8 +165,13 @@ class TrainSettings(Section):
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(1, ge=0)
     mixed_precision: Union[Literal["auto"], bool] = Field("auto", description="auto (on CUDA) | true | false")
-    num_workers: Union[Literal["auto"], int] = Field(0, description="DataLoader workers: a number >= 0 or auto")
+    num_workers: Union[Literal["auto"], int] = Field(
+        "auto", description="DataLoader workers per process: auto (none on <= 2 cores, else min(4, cores - 1)) or a number")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap for quick runs")
+    val_rerank_top_k: Optional[int] = Field(
+        20, ge=1, description="validation re-ranks each query's global top-K by the total score (null = all pairs)")
+    val_max_studies: Optional[int] = Field(
+        1000, ge=2, description="validation on a fixed seeded subset of at most this many studies (null = all)")
     seed: Optional[int] = Field(None, ge=0, description="training seed (null = base.seed)")
 
     @field_validator("betas")

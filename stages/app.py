@@ -13,11 +13,11 @@ except ImportError:  # pragma: no cover - typer releases that use click itself
 from stages.cli import app
 
 # Each module registers one command on ``app`` when imported.
-STAGE_MODULES = ("synthesize", "sheet", "preprocess", "tokenize", "train", "embed", "evaluate",
-                 # commands over a trained model, not DVC stages
-                 "search", "ground", "explore")
+STAGE_MODULES = ("synthesize", "sheet", "preprocess", "tokenize", "train", "embed", "evaluate")
+# Commands over a trained model (limitr/use), not DVC stages.
+USE_MODULES = ("search", "ground", "explore")
 
-for _name in STAGE_MODULES:
+for _name in (*STAGE_MODULES, *USE_MODULES):
     importlib.import_module(f"stages.{_name}")
 
 

@@ -61,6 +61,9 @@ def train_stage(
 ) -> None:
     """Train the model; validation r_sum picks the best epoch and drives the schedule."""
     with stage_errors():
+        from limitr.train.allocator import tune_allocator
+
+        tune_allocator()  # before the first tensor: freed step memory stays for the next step
         from limitr.model.config import ModelConfig
         from limitr.text.tokenize import check_token_vocabulary
         from limitr.train.distributed import init_distributed, shutdown_distributed

@@ -8,7 +8,8 @@ Tables (each optional except the test split):
 - ``prompts``: the class and zero-shot text queries of :mod:`limitr.eval.prompts`, keyed by
   their index in ``prompts.json``.
 
-Images get the evaluation centre crop of the training dataset; every table is written with
+Images and reports are prepared by :mod:`limitr.data.prepare` and :mod:`limitr.data.studies`,
+the training path's own (the evaluation centre crop); every table is written with
 :class:`limitr.eval.store.EmbeddingWriter` under ``OUT/<table>/``.
 """
 
@@ -24,6 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from limitr.data.prepare import collate_studies, decode_centre_crop, prepare_images, trim_padding
+from limitr.data.studies import StudyDataset
 from limitr.errors import LimitrError
 from limitr.eval.prompts import all_prompts, tokenize_prompts
 from limitr.eval.store import EmbeddingWriter
@@ -46,7 +49,8 @@ class EmbedSettings:
     crop_size: side of the evaluation centre crop (the training run's ``crop_size``);
     upsample_to: resize crops to this side before the encoder (None = no resize);
     batch_size: items per encoder call; rows_per_file: items per safetensors file;
-    max_length: token limit for the prompts; device: where the encoders run.
+    max_length: token limit for the prompts; device: where the encoders run;
+    store_dir: where the test split's image store goes (None = a temporary folder).
     """
 
     crop_size: int
@@ -55,6 +59,7 @@ class EmbedSettings:
     rows_per_file: int = default_of("embed", "rows_per_file")
     max_length: int = 97
     device: str = "cpu"
+    store_dir: Optional[Path] = None
 
 
 def resolve_checkpoint(model_dir: Path) -> tuple[Path, dict]:
@@ -124,13 +129,6 @@ def _read_tokens(path: Path, key: str) -> tuple[np.ndarray, torch.Tensor, torch.
     return keys, matrix("input_ids"), matrix("attention_mask"), matrix("word_ids")
 
 
-def _trim(input_ids: torch.Tensor, attention: torch.Tensor, word_ids: torch.Tensor):
-    """Drop the padding columns every row of a batch shares (they change no embedding)."""
-    used = attention.bool().any(0).nonzero()
-    length = int(used.max()) + 1 if len(used) else 1
-    return input_ids[:, :length], attention[:, :length], word_ids[:, :length]
-
-
 @torch.no_grad()
 def embed_token_rows(
     model,
@@ -146,30 +144,17 @@ def embed_token_rows(
     dev = torch.device(settings.device)
     for start in range(0, len(keys), settings.batch_size):
         sl = slice(start, start + settings.batch_size)
-        ids, att, wid = _trim(input_ids[sl], attention_mask[sl], word_ids[sl])
+        ids, att, wid = trim_padding(input_ids[sl], attention_mask[sl], word_ids[sl], min_length=1)
         txt = model.encode_text(ids.to(dev), att.to(dev), wid.to(dev))
         writer.add(keys[sl], txt)
         advance(progress, int(ids.shape[0]))
-
-
-def _prepare(grey: torch.Tensor, settings: EmbedSettings) -> torch.Tensor:
-    """(B, C, C) uint8 crops -> normalised (B, 3, S, S) on the device."""
-    from limitr.model.image_encoder import normalize_images
-
-    x = normalize_images(grey.to(settings.device))
-    size = settings.upsample_to
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x
 
 
 @torch.no_grad()
 def embed_test_split(model, shards: Path, tokens: Path, folder: Path, settings: EmbedSettings,
                      progress: ProgressFn = None, split: str = "test") -> dict:
     """Images and reports of a split's studies, keyed by study_id. Returns the table report."""
-    from limitr.train.dataset import StudyDataset, collate_studies
-
-    dataset = StudyDataset(shards, tokens, split, settings.crop_size, train=False)
+    dataset = StudyDataset(shards, tokens, split, settings.crop_size, train=False, store_dir=settings.store_dir)
     lateral = bool(getattr(getattr(model, "config", None), "lateral", True))
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, collate_fn=collate_studies)
     images = EmbeddingWriter(folder, "images", "study_id", settings.rows_per_file)
@@ -193,22 +178,6 @@ def embed_test_split(model, shards: Path, tokens: Path, folder: Path, settings: 
     }
 
 
-def _decode_crop(data: Optional[bytes], crop: int) -> tuple[Optional[np.ndarray], Optional[str]]:
-    """(C, C) uint8 centre crop of PNG bytes, or (None, reason)."""
-    from limitr.train.dataset import crop_offsets, decode_grey
-
-    if data is None:
-        return None, "image_missing"
-    try:
-        image = decode_grey(data)
-    except Exception:  # PIL raises several types for bad bytes; all mean "unreadable"
-        return None, "image_unreadable"
-    if min(image.shape) < crop:
-        return None, "image_smaller_than_crop"
-    top, left = crop_offsets(image.shape[0], image.shape[1], crop, None)
-    return np.ascontiguousarray(image[top : top + crop, left : left + crop]), None
-
-
 def count_rows(path: Path) -> int:
     return int(pq.ParquetFile(path).metadata.num_rows)
 
@@ -230,14 +199,14 @@ def embed_image_table(model, table: Path, token_table: Optional[Path], key: str,
                 skipped["duplicate_key"] += 1
                 continue
             keys_seen.add(k)
-            crop, reason = _decode_crop(data, settings.crop_size)
+            crop, reason = decode_centre_crop(data, settings.crop_size)
             if reason is not None:
                 skipped[reason] += 1
                 continue
             ids.append(k)
             crops.append(torch.from_numpy(crop))
         if ids:
-            frontal = _prepare(torch.stack(crops), settings)
+            frontal = prepare_images(torch.stack(crops), settings.device, settings.upsample_to)
             no_lateral = torch.zeros(len(ids), dtype=torch.bool, device=settings.device)
             img = model.encode_images(frontal, None, no_lateral)
             images.add(torch.tensor(ids, dtype=torch.int64), img)

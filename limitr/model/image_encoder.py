@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from limitr.data.prepare import normalize_images  # noqa: F401  (the encoders' input convention)
 from limitr.errors import LimitrError
 from limitr.model.config import LOCAL_LAYERS
 
@@ -26,22 +27,6 @@ ALLOW_DOWNLOADS_ENV = "LIMITR_ALLOW_DOWNLOADS"
 def downloads_allowed() -> bool:
     """Whether the environment opts in to network downloads (``LIMITR_ALLOW_DOWNLOADS=1``)."""
     return os.environ.get(ALLOW_DOWNLOADS_ENV, "").strip().lower() in {"1", "true", "yes"}
-
-
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """Grey uint8 images (B, 1, H, W) or (B, H, W) -> float (B, 3, H, W).
-
-    Intensities map to [-1, 1] (mean 0.5, std 0.5 on the [0, 1] scale) and the grey
-    channel is replicated to the three channels the ResNet stem expects.
-    """
-    if images.dtype != torch.uint8:
-        raise LimitrError(f"normalize_images expects uint8 pixels, got {images.dtype}")
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    if images.dim() != 4 or images.shape[1] != 1:
-        raise LimitrError(f"normalize_images expects (B, 1, H, W) or (B, H, W), got {tuple(images.shape)}")
-    x = images.float().div_(255.0).sub_(0.5).div_(0.5)
-    return x.repeat(1, 3, 1, 1)
 
 
 class ImageEncoder(nn.Module):

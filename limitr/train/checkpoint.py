@@ -7,6 +7,8 @@ Layout of a run folder ``out``::
     out/best/              the best epoch by validation r_sum: config.json, model.safetensors,
                            metrics.json (its validation figures)
     out/last/              the latest finished epoch: config.json, model.safetensors, state.pt
+    out/.image-store/      while training: the train and validate images read on demand
+                           (limitr.data.studies), removed when the run ends
 
 ``state.pt`` holds the optimizer, scheduler, grad-scaler and RNG states, the epoch and step
 counters, the early-stopping record and the curves so far: plain tensors, numbers, strings,

@@ -27,7 +27,12 @@ class TrainConfig:
     paper); grad_clip: max global L2
     norm (None or 0 = off); patience: epochs without a better validation r_sum before
     stopping (None = never); mixed_precision: "auto" (on CUDA), true or false;
-    max_steps_per_epoch: cap for quick runs (None = every full global batch).
+    max_steps_per_epoch: cap for quick runs (None = every full global batch);
+    num_workers: DataLoader worker processes per training process, or "auto" (chosen from
+    the cores, see ``limitr.train.loop.resolve_num_workers``); results do not depend on it;
+    val_rerank_top_k: validation ranks each query's global top-K by the total score (None =
+    every pair scored with the local alignment, O(n^2)); val_max_studies: validation uses a
+    fixed seeded subset of at most this many studies (None = all). See limitr/train/validate.py.
     """
 
     epochs: int = _DEFAULTS.epochs
@@ -46,6 +51,8 @@ class TrainConfig:
     mixed_precision: Union[str, bool] = _DEFAULTS.mixed_precision
     num_workers: Union[int, str] = _DEFAULTS.num_workers
     max_steps_per_epoch: Optional[int] = _DEFAULTS.max_steps_per_epoch
+    val_rerank_top_k: Optional[int] = _DEFAULTS.val_rerank_top_k
+    val_max_studies: Optional[int] = _DEFAULTS.val_max_studies
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "TrainConfig":
@@ -67,10 +74,13 @@ class TrainConfig:
                     kwargs[key] = "auto"
                 elif key == "mixed_precision":
                     kwargs[key] = value if isinstance(value, bool) else str(value).lower()
+                elif key == "num_workers" and str(value).lower() == "auto":
+                    kwargs[key] = "auto"
                 elif value is None:
                     kwargs[key] = None
                 elif key in ("epochs", "batch_size", "crop_size", "upsample_to", "patience",
-                             "plateau_patience", "num_workers", "max_steps_per_epoch"):
+                             "plateau_patience", "num_workers", "max_steps_per_epoch",
+                             "val_rerank_top_k", "val_max_studies"):
                     if isinstance(value, bool) or float(value) != int(value):
                         raise ValueError
                     kwargs[key] = int(value)
@@ -98,22 +108,17 @@ class TrainConfig:
             raise LimitrError(f"train.num_workers must be auto or a whole number >= 0, got {self.num_workers!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise LimitrError("train.max_steps_per_epoch must be null or >= 1")
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise LimitrError(f"train.num_workers must be auto or a count >= 0, got {self.num_workers!r}")
+        for key in ("val_rerank_top_k", "val_max_studies"):
+            value = getattr(self, key)
+            if value is not None and value < (10 if key == "val_rerank_top_k" else 2):
+                raise LimitrError(
+                    f"train.{key} must be null or at least {10 if key == 'val_rerank_top_k' else 2} "
+                    f"(R@10 needs 10 candidates re-ranked), got {value}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
-
-
-def resolve_num_workers(value: Union[int, str]) -> int:
-    """DataLoader workers for ``train.num_workers``: the number, or for ``auto`` the usable
-    cores less one for the training process (at most 4; none on a single core)."""
-    if value != "auto":
-        return int(value)
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 1))

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -24,9 +26,10 @@ import torch
 from limitr.errors import LimitrError
 from limitr.progress import ProgressFn, advance
 from limitr.train import checkpoint as ckpt
-from limitr.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_num_workers
+from limitr.train.config import RESUMABLE_CHANGES, TrainConfig
 from limitr.train.curves import CurveWriter
-from limitr.train.dataset import ModelInputs, StudyDataset, collate_studies
+from limitr.data.prepare import ModelInputs, collate_studies
+from limitr.data.studies import EpochBatches, StudyDataset
 from limitr.train.distributed import (
     DistContext,
     ShardedBatchSampler,
@@ -34,7 +37,8 @@ from limitr.train.distributed import (
     broadcast_floats,
     wrap_for_training,
 )
-from limitr.train.validate import RECALL_KEYS, autocast_context, validate
+from limitr.train.validate import RECALL_KEYS, autocast_context, validate, validation_subset
+
 
 @dataclass
 class TrainCallbacks:
@@ -135,6 +139,62 @@ def _rates(optimizer: torch.optim.Optimizer) -> dict:
     }
 
 
+STORE_DIR = ".image-store"
+
+
+def resolve_num_workers(setting: Union[str, int], world_size: int = 1) -> int:
+    """DataLoader workers per process for ``train.num_workers`` ("auto" or a count).
+
+    "auto": none on 2 cores or fewer per process, else min(4, cores - 1): one core per process
+    is left to the training threads and up to 4 decode. Measured on 2 cores at the defaults:
+    reading, decoding and cropping a batch takes about 6 ms of a 2.2 s CPU step (0.4% in the
+    torch profiler), and one worker did not make steps faster (2.26 s against 2.17-2.47 s
+    without), since it takes its time from the matrix products' two threads. On a GPU a step
+    takes milliseconds and decoding must overlap it: there the cores are many.
+    """
+    if setting != "auto":
+        return int(setting)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    per_process = max(1, cores // max(1, world_size))
+    return 0 if per_process <= 2 else min(4, per_process - 1)
+
+
+@dataclass
+class _Run:
+    """What :func:`setup_run` builds and the epochs use."""
+
+    model: torch.nn.Module
+    step_module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    trainable: list
+    train_set: StudyDataset
+    val_set: StudyDataset
+    sampler: ShardedBatchSampler
+    loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    autocast_dtype: Optional[torch.dtype]
+    device: torch.device
+    fingerprint: dict
+
+
+@dataclass
+class _State:
+    """What a checkpoint carries from one epoch to the next."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0
+    seconds: float = 0.0
+    best: dict = field(default_factory=lambda: {"r_sum": -math.inf, "epoch": -1, "bad_epochs": 0})
+    stopped_early: bool = False
+    steps: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)
+
+
 def train(
     model_cfg: Any,
     train_cfg: TrainConfig,
@@ -158,22 +218,68 @@ def train(
     unfinished run that fits. ``dist`` comes from ``init_distributed``; ``device`` is this
     process's device. ``progress`` advances once per optimizer step.
     """
-    from limitr.model import LIMITR
-
     started = time.perf_counter()
-    device = torch.device(device)
     out = Path(out)
     cb = callbacks or TrainCallbacks()
-    main = dist.is_main
-    autocast_dtype = resolve_autocast_dtype(train_cfg.mixed_precision, device)
+    store_existed = (out / STORE_DIR).exists()
+    try:
+        run = setup_run(model_cfg, train_cfg, shards, tokens, out, seed, torch.device(device), dist)
+        state, resumed_from = restore_state(run, out, resume)
+    except BaseException:
+        if dist.is_main and not store_existed:  # a run that cannot start leaves the folder as it was
+            shutil.rmtree(out / STORE_DIR, ignore_errors=True)
+        raise
+    seconds_before = state.seconds
+    curves = CurveWriter(metrics_dir if dist.is_main else None)
+    if dist.is_main:
+        start_run_folder(out, run, model_cfg, train_cfg, seed, dist, fresh=resumed_from is None)
+        if cb.on_history:
+            cb.on_history(state.steps, state.epochs)
+    barrier(dist)
+
+    total_steps = train_cfg.epochs * len(run.sampler)
+    if cb.on_start:
+        cb.on_start(total_steps, min(state.step, total_steps))
+    for epoch in range(state.epoch, train_cfg.epochs):
+        if state.stopped_early:
+            break
+        train_loss = train_epoch(run, train_cfg, model_cfg, epoch, seed, dist, state, progress, cb)
+        figures = run_validation(run, train_cfg, model_cfg, dist)
+        epoch_row = end_epoch(run, train_cfg, state, epoch, train_loss, figures)
+        state.seconds = seconds_before + time.perf_counter() - started
+        if dist.is_main:
+            save_epoch(run, out, state, improved=state.best["epoch"] == epoch + 1, finished=(
+                state.stopped_early or epoch + 1 == train_cfg.epochs), epoch_row=epoch_row)
+        if cb.on_epoch:
+            cb.on_epoch(epoch_row)
+        barrier(dist)
+
+    seconds = seconds_before + time.perf_counter() - started
+    summary = _summary(state.epochs, state.best, state.stopped_early, seconds, run.train_set, run.val_set,
+                       dist, state.step)
+    if dist.is_main:
+        curves.write_summary(summary)
+        shutil.rmtree(out / STORE_DIR, ignore_errors=True)  # rebuilt from the shards when needed
+    return TrainResult(summary, state.steps, state.epochs, resumed_from)
+
+
+def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path, out: Path, seed: int,
+              device: torch.device, dist: DistContext) -> _Run:
+    """Datasets, loaders, model, optimizer, schedule and grad scaler of a run."""
+    from limitr.model import LIMITR
+
     if device.type == "cuda":
         # Fixed image sizes: cuDNN may pick its fastest kernels. The scores run in float32
         # (see GlobalBatchLoss); TF32 tensor cores keep their matrix products fast.
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
-
-    train_set = StudyDataset(shards, tokens, "train", train_cfg.crop_size, train=True, seed=seed)
-    val_set = StudyDataset(shards, tokens, "validate", train_cfg.crop_size, train=False, seed=seed)
+    if not dist.is_main:
+        barrier(dist)  # rank 0 writes the image stores, the other ranks then map them
+    store = Path(out) / STORE_DIR
+    train_set = StudyDataset(shards, tokens, "train", train_cfg.crop_size, train=True, seed=seed, store_dir=store)
+    val_set = StudyDataset(shards, tokens, "validate", train_cfg.crop_size, train=False, seed=seed, store_dir=store)
+    if dist.is_main:
+        barrier(dist)
     sampler = ShardedBatchSampler(
         len(train_set), train_cfg.batch_size, rank=dist.rank, world_size=dist.world_size,
         seed=seed, max_batches=train_cfg.max_steps_per_epoch,
@@ -183,16 +289,10 @@ def train(
             f"train.batch_size {train_cfg.batch_size} exceeds the {len(train_set)} training studies: "
             "lower the batch size or use more data"
         )
-    loader_kwargs = dict(
-        collate_fn=collate_studies, num_workers=resolve_num_workers(train_cfg.num_workers),
-        pin_memory=device.type == "cuda",
-    )
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kwargs)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=train_cfg.batch_size, shuffle=False, **loader_kwargs)
+    loader, val_loader = make_loaders(train_set, val_set, sampler, train_cfg, device, seed, dist)
 
     seed_everything(seed)
     model = LIMITR(model_cfg).to(device)
-    step_module = wrap_for_training(model, dist, device)
     optimizer = torch.optim.Adam(
         parameter_groups(model, train_cfg.lr, train_cfg.image_lr, train_cfg.head_lr),
         betas=train_cfg.betas,
@@ -201,143 +301,187 @@ def train(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    autocast_dtype = resolve_autocast_dtype(train_cfg.mixed_precision, device)
+    return _Run(
+        model=model, step_module=wrap_for_training(model, dist, device), optimizer=optimizer,
+        scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
+        trainable=[p for g in optimizer.param_groups for p in g["params"]],
+        train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, val_loader=val_loader,
+        autocast_dtype=autocast_dtype, device=device,
+        fingerprint=_fingerprint(model_cfg.to_dict(), train_cfg.to_dict(), seed, dist.world_size, train_set.study_ids),
+    )
 
-    fingerprint = _fingerprint(model_cfg.to_dict(), train_cfg.to_dict(), seed, dist.world_size, train_set.study_ids)
-    state = _resume_state(out, fingerprint, resume)
-    step_history: list[dict] = []
-    epoch_history: list[dict] = []
-    start_epoch, step, seconds_before = 0, 0, 0.0
-    best = {"r_sum": -math.inf, "epoch": -1, "bad_epochs": 0}
-    resumed_from = None
-    if state is not None:
-        ckpt.load_weights(model, out / ckpt.LAST_DIR)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_states(state["rng"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        seconds_before = float(state["seconds"])
-        best = dict(state["best"])
-        step_history, epoch_history = list(state["steps"]), list(state["epochs"])
-        resumed_from = start_epoch
-    curves = CurveWriter(metrics_dir if main else None)
-    if main:
-        if state is None:
-            ckpt.clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(out / "config.json", {
-            "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-            "seed": int(seed), "world_size": dist.world_size,
-        })
-        ckpt.write_json(out / "report.json", {"train": train_set.report, "validate": val_set.report})
-        if cb.on_history:
-            cb.on_history(step_history, epoch_history)
-    barrier(dist)
 
-    steps_per_epoch = len(sampler)
-    if cb.on_start:
-        cb.on_start(train_cfg.epochs * steps_per_epoch, min(step, train_cfg.epochs * steps_per_epoch))
-    stopped_early = bool(state and state.get("stopped_early"))
-    epoch = start_epoch
-    for epoch in range(start_epoch, train_cfg.epochs):
-        if stopped_early:
-            break
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        torch.manual_seed(derive_seed(seed, epoch, dist.rank))
-        model.train()
-        losses_sum, n_steps = 0.0, 0
-        tick = time.perf_counter()
-        for batch in loader:
-            inputs = batch.to_model_inputs(device, train_cfg.upsample_to, model_cfg.lateral)
-            losses, grad_norm = optimizer_step(
-                step_module, inputs, optimizer, scaler, trainable, train_cfg.grad_clip, device, autocast_dtype
+def make_loaders(train_set: StudyDataset, val_set: StudyDataset, sampler: ShardedBatchSampler,
+                 train_cfg: TrainConfig, device: torch.device, seed: int, dist: DistContext):
+    """The training and validation DataLoaders.
+
+    Workers (``train.num_workers``) stay alive across epochs and keep ``prefetch_factor``
+    batches each in flight; batches are pinned on CUDA. Results do not depend on the worker
+    count: crops are seeded per study and epoch (the epoch travels with each index, see
+    :class:`EpochBatches`), and the loaders draw their worker seeds from
+    a generator of their own, never from the global torch generator that dropout uses.
+    Validation uses a fixed seeded subset of at most ``train.val_max_studies`` studies.
+    """
+    workers = resolve_num_workers(train_cfg.num_workers, dist.world_size)
+    kwargs: dict[str, Any] = dict(collate_fn=collate_studies, num_workers=workers, pin_memory=device.type == "cuda")
+    if workers:
+        kwargs.update(persistent_workers=True, prefetch_factor=2)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=EpochBatches(sampler), generator=torch.Generator().manual_seed(seed), **kwargs
+    )
+    subset = validation_subset(len(val_set), train_cfg.val_max_studies, seed)
+    val_data = val_set if subset is None else torch.utils.data.Subset(val_set, subset.tolist())
+    val_loader = torch.utils.data.DataLoader(
+        val_data, batch_size=train_cfg.batch_size, shuffle=False,
+        generator=torch.Generator().manual_seed(seed), **kwargs,
+    )
+    return loader, val_loader
+
+
+def restore_state(run: _Run, out: Path, resume: Optional[bool]) -> tuple[_State, Optional[int]]:
+    """The state to continue from (weights, optimizer, RNG restored into ``run``), or a fresh
+    one; and the epoch resumed after (None when starting afresh)."""
+    saved = _resume_state(out, run.fingerprint, resume)
+    if saved is None:
+        return _State(), None
+    ckpt.load_weights(run.model, out / ckpt.LAST_DIR)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    ckpt.set_rng_states(saved["rng"])
+    state = _State(
+        epoch=int(saved["epoch"]), step=int(saved["step"]), seconds=float(saved["seconds"]),
+        best=dict(saved["best"]), stopped_early=bool(saved.get("stopped_early")),
+        steps=list(saved["steps"]), epochs=list(saved["epochs"]),
+    )
+    return state, state.epoch
+
+
+def start_run_folder(out: Path, run: _Run, model_cfg: Any, train_cfg: TrainConfig, seed: int,
+                     dist: DistContext, fresh: bool) -> None:
+    """Clear a previous run (when starting afresh) and write config.json and report.json."""
+    if fresh:
+        ckpt.clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json(out / "config.json", {
+        "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+        "seed": int(seed), "world_size": dist.world_size,
+    })
+    ckpt.write_json(out / "report.json", {"train": run.train_set.report, "validate": run.val_set.report})
+
+
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """The loader's batches; an error a worker raised comes back as its own one line."""
+    try:
+        yield from loader
+    except LimitrError as exc:
+        text = str(exc)
+        if "\n" in text and "LimitrError: " in text:  # re-raised from a worker with its traceback
+            raise LimitrError(text.rsplit("LimitrError: ", 1)[1].strip().splitlines()[0]) from None
+        raise
+
+
+def train_epoch(run: _Run, train_cfg: TrainConfig, model_cfg: Any, epoch: int, seed: int, dist: DistContext,
+                state: _State, progress: ProgressFn, cb: TrainCallbacks) -> float:
+    """One pass over this rank's part of every global batch; returns the mean loss."""
+    run.loader.batch_sampler.set_epoch(epoch)  # the sampler's shuffle, and the epoch of each index's crop
+    run.train_set.set_epoch(epoch)
+    torch.manual_seed(derive_seed(seed, epoch, dist.rank))
+    # One draw from the global generator, where a DataLoader without a generator of its own
+    # draws its base seed: the dropout masks that follow, hence the weights, stay those of
+    # runs made before the loaders had their own generators.
+    torch.empty((), dtype=torch.int64).random_()
+    run.model.train()
+    losses_sum, n_steps = 0.0, 0
+    tick = time.perf_counter()
+    for batch in _batches(run.loader):
+        inputs = batch.to_model_inputs(run.device, train_cfg.upsample_to, model_cfg.lateral)
+        losses, grad_norm = optimizer_step(
+            run.step_module, inputs, run.optimizer, run.scaler, run.trainable, train_cfg.grad_clip,
+            run.device, run.autocast_dtype,
+        )
+        state.step += 1
+        n_steps += 1
+        loss = float(losses.total.detach())
+        if not math.isfinite(loss) and run.autocast_dtype != torch.float16:
+            raise LimitrError(
+                f"training diverged at step {state.step} (epoch {epoch + 1}): the loss is {loss}; "
+                "lower train.lr / train.image_lr or turn train.mixed_precision off"
             )
-            step += 1
-            n_steps += 1
-            loss = float(losses.total.detach())
-            if not math.isfinite(loss) and autocast_dtype != torch.float16:
-                raise LimitrError(
-                    f"training diverged at step {step} (epoch {epoch + 1}): the loss is {loss}; "
-                    "lower train.lr / train.image_lr or turn train.mixed_precision off"
-                )
-            losses_sum += loss
-            now = time.perf_counter()
-            row = {
-                "step": step,
-                "epoch": epoch + 1,
-                "loss": loss,
-                "loss_local_external": float(losses.local_external.detach()),
-                "loss_local_internal": float(losses.local_internal.detach()),
-                "loss_global": float(losses.global_.detach()),
-                "grad_norm": grad_norm,
-                **_rates(optimizer),
-                "studies_per_s": train_cfg.batch_size / max(now - tick, 1e-9),
-            }
-            tick = now
-            step_history.append(row)
-            advance(progress)
-            if cb.on_step:
-                cb.on_step(row)
-
-        # Validation on rank 0; every rank needs the same figures for the schedule and stopping.
-        figures = {}
-        if main:
-            figures = validate(
-                model, val_loader, device, upsample_to=train_cfg.upsample_to,
-                lateral=model_cfg.lateral, autocast_dtype=autocast_dtype, chunk=model_cfg.score_chunk,
-            )
-        keys = (*RECALL_KEYS, "r_sum")
-        figures = dict(zip(keys, broadcast_floats([figures.get(k, 0.0) for k in keys], dist, device)))
-        r_sum = figures["r_sum"]
-        epoch_lrs = _rates(optimizer)  # the rates this epoch trained with, before the plateau step
-        scheduler.step(r_sum)
-        improved = r_sum > best["r_sum"]
-        if improved:
-            best = {"r_sum": r_sum, "epoch": epoch + 1, "bad_epochs": 0}
-        else:
-            best["bad_epochs"] += 1
-        stopped_early = train_cfg.patience is not None and best["bad_epochs"] >= train_cfg.patience
-        finished = stopped_early or epoch + 1 == train_cfg.epochs
-        epoch_row = {
+        losses_sum += loss
+        now = time.perf_counter()
+        row = {
+            "step": state.step,
             "epoch": epoch + 1,
-            "step": step,
-            "train_loss": losses_sum / max(n_steps, 1),
-            **figures,
-            **epoch_lrs,
+            "loss": loss,
+            "loss_local_external": float(losses.local_external.detach()),
+            "loss_local_internal": float(losses.local_internal.detach()),
+            "loss_global": float(losses.global_.detach()),
+            "grad_norm": grad_norm,
+            **_rates(run.optimizer),
+            "studies_per_s": train_cfg.batch_size / max(now - tick, 1e-9),
         }
-        epoch_history.append(epoch_row)
-        seconds = seconds_before + time.perf_counter() - started
-        if main:
-            if improved:
-                ckpt.save_checkpoint(model, out / ckpt.BEST_DIR, metrics=epoch_row)
-            ckpt.save_checkpoint(model, out / ckpt.LAST_DIR, state={
-                "epoch": epoch + 1,
-                "step": step,
-                "seconds": seconds,
-                "finished": finished,
-                "stopped_early": stopped_early,
-                "best": best,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": ckpt.rng_states(),
-                "fingerprint": fingerprint,
-                "steps": step_history,
-                "epochs": epoch_history,
-            })
-        if cb.on_epoch:
-            cb.on_epoch(epoch_row)
-        barrier(dist)
+        tick = now
+        state.steps.append(row)
+        advance(progress)
+        if cb.on_step:
+            cb.on_step(row)
+    return losses_sum / max(n_steps, 1)
 
-    seconds = seconds_before + time.perf_counter() - started
-    summary = _summary(epoch_history, best, stopped_early, seconds, train_set, val_set, dist, step)
-    if main:
-        curves.write_summary(summary)
-    return TrainResult(summary, step_history, epoch_history, resumed_from)
+
+def run_validation(run: _Run, train_cfg: TrainConfig, model_cfg: Any, dist: DistContext) -> dict:
+    """Validation figures on rank 0, broadcast so that every rank steps the schedule and
+    stops alike."""
+    figures = {}
+    if dist.is_main:
+        figures = validate(
+            run.model, _batches(run.val_loader), run.device, upsample_to=train_cfg.upsample_to,
+            lateral=model_cfg.lateral, autocast_dtype=run.autocast_dtype, chunk=model_cfg.score_chunk,
+            rerank_top_k=train_cfg.val_rerank_top_k,
+        )
+    keys = (*RECALL_KEYS, "r_sum")
+    return dict(zip(keys, broadcast_floats([figures.get(k, 0.0) for k in keys], dist, run.device)))
+
+
+def end_epoch(run: _Run, train_cfg: TrainConfig, state: _State, epoch: int, train_loss: float,
+              figures: dict) -> dict:
+    """Step the plateau schedule, track the best epoch and early stopping; the epoch's row."""
+    r_sum = figures["r_sum"]
+    epoch_lrs = _rates(run.optimizer)  # the rates this epoch trained with, before the plateau step
+    run.scheduler.step(r_sum)
+    if r_sum > state.best["r_sum"]:
+        state.best = {"r_sum": r_sum, "epoch": epoch + 1, "bad_epochs": 0}
+    else:
+        state.best["bad_epochs"] += 1
+    state.stopped_early = train_cfg.patience is not None and state.best["bad_epochs"] >= train_cfg.patience
+    state.epoch = epoch + 1
+    row = {"epoch": epoch + 1, "step": state.step, "train_loss": train_loss, **figures, **epoch_lrs}
+    state.epochs.append(row)
+    return row
+
+
+def save_epoch(run: _Run, out: Path, state: _State, *, improved: bool, finished: bool, epoch_row: dict) -> None:
+    """best/ when the epoch improved, and last/ with everything a resume needs (each written
+    under a temporary name and renamed into place)."""
+    if improved:
+        ckpt.save_checkpoint(run.model, out / ckpt.BEST_DIR, metrics=epoch_row)
+    ckpt.save_checkpoint(run.model, out / ckpt.LAST_DIR, state={
+        "epoch": state.epoch,
+        "step": state.step,
+        "seconds": state.seconds,
+        "finished": finished,
+        "stopped_early": state.stopped_early,
+        "best": state.best,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        "rng": ckpt.rng_states(),
+        "fingerprint": run.fingerprint,
+        "steps": state.steps,
+        "epochs": state.epochs,
+    })
 
 
 def optimizer_step(

@@ -221,7 +221,7 @@ def test_category_examples_pick_the_smallest_key() -> None:
 
 @pytest.mark.parametrize("size,crop", [(10, 8), (11, 8), (12, 7), (8, 8)])
 def test_crop_offset_is_the_datasets_centre_crop(size: int, crop: int) -> None:
-    from limitr.train.dataset import crop_offsets
+    from limitr.data.prepare import crop_offsets
 
     image = np.arange(size * size).reshape(size, size)
     top, left = crop_offsets(size, size, crop, None)

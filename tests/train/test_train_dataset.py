@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from limitr.errors import LimitrError
-from limitr.train.dataset import StudyDataset, collate_studies, decode_grey
+from limitr.data.prepare import collate_studies, decode_grey
+from limitr.data.studies import StudyDataset
 from limitr.train.distributed import ShardedBatchSampler
 from train_data_factory import png, token_row, write_studies, write_tokens
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from limitr.model.config import ModelConfig
-from limitr.train.dataset import StudyDataset, collate_studies
+from limitr.data.prepare import collate_studies
+from limitr.data.studies import StudyDataset
 from limitr.train.distributed import (
     DistContext,
     GlobalBatchLoss,
