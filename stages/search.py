@@ -20,7 +20,7 @@ from typing import Optional
 import typer
 
 from stages.cli import app
-from stages.common import PARAMS_OPTION, base, optional_path, override, resolve_device, section, stage_errors
+from stages.common import PARAMS_OPTION, base, load_params, optional_path, override, resolve_device, section, stage_errors
 
 MODEL_OPTION = typer.Option(None, help="train stage output (embed.model; default data/model)")
 EMBEDDINGS_OPTION = typer.Option(None, help="`limitr embed` output holding the gallery (embed.out; default data/embeddings)")
@@ -46,7 +46,9 @@ def load_trained(params: Path, model: Optional[Path], tokenizer: Optional[Path],
         tokens = optional_path(tok_cfg.get("out") or embed_cfg.get("tokens") or "data/tokens")
         if tokens is not None and (tokens / "tokenizer").is_dir():
             tokenizer = tokens / "tokenizer"
-    size = override(image_size, section(params, "preprocess"), "image_size")
+    size = image_size
+    if size is None:  # the params file's value when it states one, else the model's run tells (limitr.use.load)
+        size = (load_params(params).get("preprocess") or {}).get("image_size")
     max_length = tok_cfg.get("max_length")
     dev = resolve_device(override(device, base(params), "device", "auto"))
     return load(model_dir, tokenizer=tokenizer, image_size=int(size) if size else None,

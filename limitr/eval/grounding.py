@@ -31,8 +31,6 @@ import torch.nn.functional as F
 from limitr.data.images import Geometry
 from limitr.eval.results import GroundingFigures, Significance, ThresholdChoice
 
-#: The geometry type under its former name here; :class:`limitr.data.images.Geometry` it is.
-ImageGeometry = Geometry
 
 #: Thresholds on the min-max normalised map at which IoU is measured.
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

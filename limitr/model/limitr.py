@@ -220,6 +220,16 @@ class LIMITR(nn.Module):
         model = cls(config, text_model_config=text_cfg, load_weights=False)
         try:
             missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False, device=str(device))
+        except RuntimeError as exc:
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise LimitrError(
+                    f"{path / WEIGHTS_FILE} cannot be read ({str(exc).splitlines()[0][:120]}): it is damaged or "
+                    "truncated; rerun the train stage that wrote it"
+                ) from None
+            raise LimitrError(  # weights of other shapes: another config or version wrote them
+                f"{path / WEIGHTS_FILE} does not match its config (tensor shapes differ): "
+                "a model from another version or config; retrain it"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - SafetensorError, or a header that does not parse
             raise LimitrError(
                 f"{path / WEIGHTS_FILE} cannot be read ({str(exc).splitlines()[0][:120]}): it is damaged or "

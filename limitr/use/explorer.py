@@ -157,9 +157,10 @@ def _score_line(hit) -> str:
 
 def _map_on_processed(grid_map: torch.Tensor, geometry: dict, image_size: int, crop_size: int) -> np.ndarray:
     """A region map over the crop -> the processed image's pixels, padding removed."""
-    from limitr.eval.grounding import ImageGeometry, map_to_original
+    from limitr.data.images import Geometry
+    from limitr.eval.grounding import map_to_original
 
     h = max(1, int(np.floor(geometry["orig_height"] * geometry["scale"] + 1e-6)))
     w = max(1, int(np.floor(geometry["orig_width"] * geometry["scale"] + 1e-6)))
-    frame = ImageGeometry(h, w, 1.0, int(geometry["pad_left"]), int(geometry["pad_top"]), image_size, crop_size)
+    frame = Geometry(h, w, 1.0, int(geometry["pad_left"]), int(geometry["pad_top"]), image_size, crop_size)
     return map_to_original(grid_map, frame)

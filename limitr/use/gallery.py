@@ -8,7 +8,6 @@ hits are read from the preprocess shards only for the studies shown.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,7 +17,7 @@ import torch
 
 from limitr.errors import LimitrError
 from limitr.eval.scoring import take
-from limitr.eval.store import align, has_embeddings, read_embeddings
+from limitr.eval.store import align, has_embeddings, read_embeddings, read_manifest
 from limitr.model.outputs import ImageEmbeddings, TextEmbeddings
 
 #: Where each table's rows live in the preprocess output: (files, key, image, text, geometry prefix).
@@ -134,16 +133,6 @@ def _int_array(keys: list[int]):
     return pa.array(keys, type=pa.int64())
 
 
-def read_report(embeddings: Path) -> dict:
-    path = Path(embeddings) / "report.json"
-    if not path.is_file():
-        raise LimitrError(f"{path} is missing: {embeddings} is not an output of `limitr embed`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LimitrError(f"{path} is not valid JSON: {exc}") from exc
-
-
 def load_gallery(embeddings: Path, table: str = "test", shards: Optional[Path] = None,
                  fingerprint: Optional[str] = None, crop_size: Optional[int] = None) -> Gallery:
     """A table of ``limitr embed``'s output as a gallery.
@@ -155,7 +144,7 @@ def load_gallery(embeddings: Path, table: str = "test", shards: Optional[Path] =
     embeddings = Path(embeddings)
     if not embeddings.is_dir():
         raise LimitrError(f"gallery folder {embeddings} does not exist: run `limitr embed` (dvc repro embed) first")
-    report = read_report(embeddings)
+    report = read_manifest(embeddings)
     folder = embeddings / table
     if not has_embeddings(folder, "images"):
         raise LimitrError(f"no {table} image embeddings in {embeddings}: tables there are "

@@ -42,31 +42,12 @@ DEFAULT_MAX_LENGTH = 97
 MAP_KINDS: tuple[str, ...] = ("attention", "cosine")
 
 
-@dataclass(frozen=True)
-class ImageGeometry:
-    """How an original image became the model's input (see limitr.eval.grounding)."""
-
-    orig_height: int
-    orig_width: int
-    scale: float
-    pad_left: int
-    pad_top: int
-    image_size: int
-    crop_size: int
-
-    def for_eval(self):
-        from limitr.eval.grounding import ImageGeometry as EvalGeometry
-
-        return EvalGeometry(self.orig_height, self.orig_width, self.scale, self.pad_left, self.pad_top,
-                            self.image_size, self.crop_size)
-
-
 @dataclass
 class StudyImages:
     """Encoded studies: their embeddings and each frontal image's geometry."""
 
     embeddings: ImageEmbeddings
-    geometries: list[ImageGeometry]
+    geometries: list[prepare.Geometry]
     paths: list[str]
 
     def __len__(self) -> int:
@@ -158,7 +139,7 @@ class TrainedModel:
         return self._fingerprint
 
     # ------------------------------------------------------------------ images
-    def prepare_image(self, path: PathLike) -> tuple[torch.Tensor, ImageGeometry]:
+    def prepare_image(self, path: PathLike) -> tuple[torch.Tensor, prepare.Geometry]:
         """An image file -> its (C, C) uint8 crop as the model sees it, and its geometry."""
         path = Path(path)
         try:
@@ -169,15 +150,11 @@ class TrainedModel:
         grey = prepare.decode_grey(png)
         top, left = prepare.crop_offsets(grey.shape[0], grey.shape[1], self.crop_size, None)
         crop = np.ascontiguousarray(grey[top : top + self.crop_size, left : left + self.crop_size])
-        geo = ImageGeometry(geometry.orig_height, geometry.orig_width, geometry.scale, geometry.pad_left,
-                            geometry.pad_top, self.image_size, self.crop_size)
+        geo = geometry.with_crop(self.image_size, self.crop_size)
         return torch.from_numpy(crop), geo
 
     def _inputs(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        from limitr.eval.embed import EmbedSettings, _prepare
-
-        settings = EmbedSettings(crop_size=self.crop_size, upsample_to=self.upsample_to, device=self.device)
-        return _prepare(torch.stack(crops), settings)
+        return prepare.prepare_images(torch.stack(crops), self.device, self.upsample_to)
 
     @torch.no_grad()
     def encode_crops(self, frontal: list[torch.Tensor], lateral: Sequence[Optional[torch.Tensor]]) -> ImageEmbeddings:
@@ -238,15 +215,13 @@ class TrainedModel:
     @torch.no_grad()
     def encode_text(self, texts: Union[str, Sequence[str]]) -> TextEmbeddings:
         """Free-text findings, phrases or reports -> TextEmbeddings (on the CPU)."""
-        from limitr.eval.embed import _trim
-
         tok = self.tokenize(texts)
         parts = []
         dev = torch.device(self.device)
         n = tok["input_ids"].shape[0]
         for start in range(0, n, self.batch_size):
             sl = slice(start, start + self.batch_size)
-            ids, att, wid = _trim(tok["input_ids"][sl], tok["attention_mask"][sl], tok["word_ids"][sl])
+            ids, att, wid = prepare.trim_padding(tok["input_ids"][sl], tok["attention_mask"][sl], tok["word_ids"][sl], min_length=1)
             parts.append(self.model.encode_text(ids.to(dev), att.to(dev), wid.to(dev)).detach().to("cpu"))
         return _cat_texts(parts)
 
@@ -283,7 +258,7 @@ class TrainedModel:
         study = self.encode_images([image], [lateral])
         text = self.encode_text([phrase])
         grid_map = self.region_maps(study.embeddings, text, kind)[0]
-        values = map_to_original(grid_map, study.geometries[0].for_eval())
+        values = map_to_original(grid_map, study.geometries[0])
         return GroundingMap(values=values, image=original_grey(image), phrase=phrase.strip(), kind=kind)
 
 

@@ -225,3 +225,11 @@ def test_share_script_reads_mentions_as_written() -> None:
     assert not mentions("no focal consolidation", query, loose=True)
     assert hypergeom_tail(10, 3, 3, 0) == pytest.approx(1.0)
     assert hypergeom_tail(10, 3, 3, 3) == pytest.approx(1 / 120)
+
+
+def test_readme_shows_the_example_that_runs() -> None:
+    """The README's Python example is docs/api_example.py, line for line (that file runs above)."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    example = (ROOT / "docs" / "api_example.py").read_text()
+    assert example in blocks, "README's ```python block differs from docs/api_example.py"

@@ -138,7 +138,7 @@ def test_bad_inputs_are_one_line(tiny_run, bad_files, tmp_path: Path) -> None:
     gal = ["--embeddings", str(run["embeddings"]), "--shards", str(run["shards"])]
     base = ["--params", str(run["root"] / "none.yaml"), "--tokenizer", str(run["tokens"] / "tokenizer")]
     fails_with(["search", "effusion", *out, *base, "--model", str(bad["no_config"]), *gal], "config")
-    fails_with(["search", "effusion", *out, *base, "--model", str(bad["other_version"]), *gal], "do not match")
+    fails_with(["search", "effusion", *out, *base, "--model", str(bad["other_version"]), *gal], "does not match its config")
     fails_with(["search", "effusion", *out, *base, "--model", str(bad["unknown"]), *gal], "vision_tower")
     fails_with(["search", "effusion", *out, *common(run), "--embeddings", str(bad["other_gallery"]),
                 "--shards", str(run["shards"])], "another model")

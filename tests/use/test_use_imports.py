@@ -26,10 +26,9 @@ def test_nothing_in_the_library_imports_use() -> None:
         assert not any(m == "limitr.use" or m.startswith("limitr.use.") for m in imported_modules(path)), path
 
 
-def test_use_reaches_train_only_through_its_adapter() -> None:
+def test_use_never_imports_train_and_prepares_through_its_adapter() -> None:
     for path in (LIBRARY / "use").rglob("*.py"):
-        train = {m for m in imported_modules(path) if m == "limitr.train" or m.startswith("limitr.train.")}
+        imported = imported_modules(path)
+        assert not {m for m in imported if m == "limitr.train" or m.startswith("limitr.train.")}, path
         if path.name == "prepare.py":
-            assert train, "the adapter is where the preparation functions come from"
-        else:
-            assert not train, path
+            assert "limitr.data.prepare" in imported, "the adapter takes the study preparation from limitr/data"
