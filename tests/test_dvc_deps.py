@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = (REPO / "dvc.yaml", REPO / "data" / "raw" / "dvc.yaml")
+PIPELINES = (REPO / "dvc.yaml", REPO / "stages" / "synthetic" / "dvc.yaml")
 OWN_PACKAGES = ("limitr", "stages")
 
 

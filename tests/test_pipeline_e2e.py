@@ -30,9 +30,8 @@ def _tracked_files() -> list[str]:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout.split("\n")
-    # data/ holds outputs, except the synthetic source's own dvc.yaml (data/raw/dvc.yaml)
-    return [f for f in out if f and (REPO / f).is_file()
-            and (not f.startswith("data/") or Path(f).name == "dvc.yaml")]
+    # data/ holds DVC's outputs only
+    return [f for f in out if f and (REPO / f).is_file() and not f.startswith("data/")]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:

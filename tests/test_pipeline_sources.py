@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "tests" / "data"))
 
 from mimic_fixture import Img, Study, write_root  # noqa: E402
 
-SYNTH = "data/raw/dvc.yaml:synthesize"
+SYNTH = "stages/synthetic/dvc.yaml:synthesize"
 
 
 def _copy_repo(work: Path) -> dict:
