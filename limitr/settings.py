@@ -164,7 +164,7 @@ class TrainSettings(Section):
     patience: Optional[int] = Field(5, ge=1, description="epochs without a better r_sum before stopping")
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(1, ge=0)
-    mixed_precision: Union[Literal["auto"], bool] = Field("auto", description="auto (on CUDA) | true | false")
+    mixed_precision: Union[Literal["auto"], bool] = Field("auto", description="auto (CUDA; CPUs with native bf16) | true | false")
     num_workers: Union[Literal["auto"], int] = Field(
         "auto", description="DataLoader workers per process: auto (none on <= 2 cores, else min(4, cores - 1)) or a number")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap for quick runs")

@@ -65,6 +65,36 @@ def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         return x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(NORM_EPS)
 
 
+def region_groups(region_mask: torch.Tensor) -> list[tuple[Optional[torch.Tensor], int]]:
+    """Studies grouped by how many leading regions they keep: ``[(index, n_keep), ...]``.
+
+    A study without a lateral view keeps only its frontal regions, the first half of M: in
+    the image-to-text direction its lateral half would cost as much SAF work as a real view
+    and add exactly nothing (masked out of the weights, the mean and the pooled sum). When
+    every study's mask is such a prefix, each group runs with its own M; otherwise (or when
+    every study keeps all M regions) one group of all studies, ``index`` None, all M.
+    """
+    n_regions = region_mask.shape[1]
+    kept = region_mask.sum(dim=1)
+    prefix = torch.arange(n_regions, device=region_mask.device).unsqueeze(0) < kept.unsqueeze(1)
+    if bool((kept == n_regions).all()) or not bool(torch.equal(prefix, region_mask)):
+        return [(None, n_regions)]
+    groups = []
+    for n_keep in torch.unique(kept).tolist():
+        if n_keep > 0:
+            groups.append(((kept == n_keep).nonzero().squeeze(1), int(n_keep)))
+    return groups
+
+
+def _merge_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], n_rows: int) -> torch.Tensor:
+    """Rows ``index`` of each part's (rows, T) scores put back into one (n_rows, T) matrix."""
+    first = parts[0][1]
+    out = first.new_zeros(n_rows, first.shape[1])
+    for index, scores in parts:
+        out = out.index_copy(0, index, scores)
+    return out
+
+
 @dataclass
 class MatchedAlignment:
     """Both attention directions for matched pairs (report b with study b).
@@ -188,11 +218,21 @@ class LocalAlignment(nn.Module):
         if image:
             with full_precision(logits):
                 attn = two_step_attention(logits, -1, rmask, -2, wmask, self.temp1)
-            # Region j's text context, batched per report: (T, I*M, N) @ (T, N, D).
-            attn_t = attn.permute(1, 0, 3, 2).reshape(n_t, n_i * n_r, n_w).to(compute_dtype(words))
-            context = torch.bmm(attn_t, words).view(n_t, n_i, n_r, dim)
-            pooled, _ = self.saf(context, regions, region_mask)  # pairs (T, I)
-            img_scores = self._head(self.head_image, pooled).t()
+            parts = []
+            for index, n_keep in region_groups(region_mask):
+                # Region j's text context, batched per report: (T, I*M, N) @ (T, N, D), over
+                # the group's present regions only (index None = every study, all M).
+                group_attn = attn.permute(1, 0, 3, 2)
+                group_regions, group_mask = regions, region_mask
+                if index is not None:
+                    group_attn = group_attn[:, index, :n_keep]
+                    group_regions, group_mask = regions[index, :n_keep], region_mask[index, :n_keep]
+                n_g = group_regions.shape[0]
+                attn_t = group_attn.reshape(n_t, n_g * n_keep, n_w).to(compute_dtype(words))
+                context = torch.bmm(attn_t, words).view(n_t, n_g, n_keep, dim)
+                pooled, _ = self.saf(context, group_regions, group_mask)  # pairs (T, I_g)
+                parts.append((index, self._head(self.head_image, pooled).t()))
+            img_scores = parts[0][1] if len(parts) == 1 and parts[0][0] is None else _merge_rows(parts, n_i)
         return cap_scores, img_scores
 
     @staticmethod

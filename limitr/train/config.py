@@ -26,7 +26,7 @@ class TrainConfig:
     the randomly initialised text projection, SAF and score heads (None = ``lr``, as in the
     paper); grad_clip: max global L2
     norm (None or 0 = off); patience: epochs without a better validation r_sum before
-    stopping (None = never); mixed_precision: "auto" (on CUDA), true or false;
+    stopping (None = never); mixed_precision: "auto" (on CUDA and on CPUs with native bf16), true or false;
     max_steps_per_epoch: cap for quick runs (None = every full global batch);
     num_workers: DataLoader worker processes per training process, or "auto" (chosen from
     the cores, see ``limitr.train.loop.resolve_num_workers``); results do not depend on it;

@@ -82,6 +82,37 @@ def test_score_gradients_match_reference(align):
     assert torch.all(fast[1][~region_mask] == 0)
 
 
+def test_studies_without_a_lateral_skip_its_regions_with_the_same_scores_and_gradients(align, monkeypatch):
+    from limitr.model import alignment as alignment_module
+
+    words, word_mask, regions, region_mask = make_batch()
+    assert [(None if i is None else i.tolist(), k) for i, k in alignment_module.region_groups(region_mask)] == [
+        ([1, 3], 4), ([0, 2], 8)]
+    seen = []
+    pool = SAF.forward
+    monkeypatch.setattr(SAF, "forward", lambda self, c, f, m: seen.append(c.shape[-2]) or pool(self, c, f, m))
+
+    def run():
+        w, r = words.clone().requires_grad_(), regions.clone().requires_grad_()
+        align.zero_grad()
+        cap, img = align(w, word_mask, r, region_mask)
+        (cap * torch.arange(1.0, 6.0, dtype=torch.float64) + img.exp()).sum().backward()
+        return cap, img, w.grad, r.grad, [p.grad.clone() for p in align.parameters()]
+
+    grouped = run()
+    assert seen == [6, 4, 8]  # caption direction over the words, then each group's regions
+    monkeypatch.setattr(alignment_module, "region_groups", lambda mask: [(None, mask.shape[1])])
+    seen.clear()
+    whole = run()
+    assert seen == [6, 8]
+    for a, b in zip(grouped[:4] + tuple(grouped[4]), whole[:4] + tuple(whole[4])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # A mask that is not a prefix (a region missing mid-view) keeps the one-group path.
+    holes = region_mask.clone()
+    holes[0, 2] = False
+    assert alignment_module.region_groups(holes)[0][0] is None
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
 def test_chunked_equals_unchunked(align, chunk):
     words, word_mask, regions, region_mask = make_batch()

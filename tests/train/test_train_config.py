@@ -55,9 +55,23 @@ def test_bad_train_values_say_which_key() -> None:
     assert cfg.betas == (0.9, 0.99) and cfg.image_lr is None
 
 
-def test_autocast_rule() -> None:
+def test_autocast_rule(monkeypatch, tmp_path) -> None:
+    from limitr.model import precision
+    from limitr.train import loop
+
     cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_bf16_dot_products", lambda: False)
     assert resolve_autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(loop, "cpu_bf16_dot_products", lambda: True)
+    assert resolve_autocast_dtype("auto", cpu) == torch.bfloat16
+    # The flags the kernel reports decide it: x86 AVX512-BF16 or AMX, Arm BF16; not AVX-512 alone.
+    for flags, native in (("fpu avx512f avx512bw avx512vl", False), ("fpu avx512f avx512_bf16", True),
+                          ("fpu amx_bf16 amx_tile", True)):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert precision.cpu_bf16_dot_products(str(tmp_path / "cpuinfo")) is native
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert precision.cpu_bf16_dot_products(str(tmp_path / "cpuinfo")) is True
+    assert precision.cpu_bf16_dot_products(str(tmp_path / "absent")) is False
     assert resolve_autocast_dtype(False, cpu) is None
     assert resolve_autocast_dtype(True, cpu) == torch.bfloat16
     assert resolve_autocast_dtype("true", cpu) == torch.bfloat16
