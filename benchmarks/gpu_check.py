@@ -203,7 +203,7 @@ def measure(params: dict, device_name: str, steps: int, warmup: int, log) -> dic
     from limitr.train.config import TrainConfig
     from limitr.train.dataset import StudyDataset, collate_studies
     from limitr.train.distributed import ShardedBatchSampler, wrap_for_training, DistContext
-    from limitr.train.loop import optimizer_step, parameter_groups, resolve_autocast_dtype, seed_everything
+    from limitr.train.loop import make_optimizer, optimizer_step, resolve_autocast_dtype, seed_everything
     from limitr.train.validate import autocast_context, embed_studies
 
     device = check_device(device_name)
@@ -232,10 +232,7 @@ def measure(params: dict, device_name: str, steps: int, warmup: int, log) -> dic
     seed_everything(seed)
     model = LIMITR(model_cfg).to(device)
     step_module = wrap_for_training(model, DistContext(), device)
-    optimizer = torch.optim.Adam(
-        parameter_groups(model, train_cfg.lr, train_cfg.image_lr, train_cfg.head_lr),
-        betas=train_cfg.betas, weight_decay=train_cfg.weight_decay,
-    )
+    optimizer = make_optimizer(model, train_cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     batches = endless_batches(loader, sampler, dataset)

@@ -130,6 +130,30 @@ def test_workers_do_not_change_batches(tiny_data) -> None:
         assert torch.equal(a.lateral, b.lateral) and torch.equal(a.input_ids, b.input_ids)
 
 
+def test_a_batch_crosses_processes_as_one_buffer_with_the_same_values(tiny_data) -> None:
+    import copy
+    import io
+    from dataclasses import fields
+
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 - registers the shared-memory tensor reducers
+
+    shards, tokens = tiny_data
+    ds = StudyDataset(shards, tokens, "train", 32, train=True, seed=3)
+    batch = collate_studies([ds[i] for i in range(5)])
+    rebuilt = copy.deepcopy(batch)  # through __reduce__, as a worker's pickler does
+    for f in fields(batch):
+        a, b = getattr(batch, f.name), getattr(rebuilt, f.name)
+        assert a.dtype == b.dtype and torch.equal(a, b), f.name
+    # Every tensor of the rebuilt batch is a view of one buffer: one storage, not eight.
+    storages = {getattr(rebuilt, f.name).untyped_storage().data_ptr() for f in fields(rebuilt)}
+    assert len(storages) == 1
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(batch)  # what a DataLoader worker sends
+    assert len(buffer.getvalue()) > 0
+
+
 def test_collate_trims_padding_and_prepares_inputs(tiny_data) -> None:
     shards, tokens = tiny_data
     ds = StudyDataset(shards, tokens, "validate", 32, train=False)
