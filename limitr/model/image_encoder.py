@@ -29,6 +29,11 @@ def downloads_allowed() -> bool:
     return os.environ.get(ALLOW_DOWNLOADS_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
+#: Run the encoders on channels-last activations (see ImageEncoder.forward); a switch for
+#: benchmarks/bench_train_step.py, which measures what it is worth.
+CHANNELS_LAST = True
+
+
 class ImageEncoder(nn.Module):
     """One view's encoder.
 
@@ -61,7 +66,8 @@ class ImageEncoder(nn.Module):
         # Channels-last activations: oneDNN's (CPU) and cuDNN's (tensor core) convolutions are
         # faster on them, about 10 % of the encoder's forward and backward on a CPU. The
         # weights keep their layout, so saved state dicts do not change.
-        images = images.contiguous(memory_format=torch.channels_last)
+        if CHANNELS_LAST:
+            images = images.contiguous(memory_format=torch.channels_last)
         x2 = self.layer2(self.layer1(self.stem(images)))
         x3 = self.layer3(x2)
         x4 = self.layer4(x3)
