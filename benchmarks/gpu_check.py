@@ -251,9 +251,9 @@ def measure(params: dict, device_name: str, steps: int, warmup: int, log) -> dic
     log(f"training: {warmup} warm-up + {steps} measured steps of {train_cfg.batch_size} studies, "
         f"autocast {dtype}, {workers} loader workers")
     if device.type == "cpu" and dtype == torch.bfloat16:
-        from limitr.model.precision import cpu_bf16_native
+        from limitr.model.precision import cpu_bf16_dot_products
 
-        log("bf16 on this CPU: " + ("native instructions" if cpu_bf16_native() else
+        log("bf16 on this CPU: " + ("native instructions" if cpu_bf16_dot_products() else
                                     "no bf16 instructions, converted in software (slower than float32)"))
     for _ in range(warmup):
         one_step(step_module)

@@ -52,18 +52,6 @@ def full_precision(x: torch.Tensor):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-def cpu_bf16_native() -> bool:
-    """Whether this CPU has the instructions oneDNN uses for fast bf16 (AVX-512 BW/VL/DQ on
-    x86, BF16 on Arm). Without them bf16 autocast still runs and gives the same kind of
-    results (torch converts in software), only slower than float32: a caller may say so."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 #: /proc/cpuinfo flags of native bf16 dot products: AVX512-BF16 and AMX-BF16 (x86), BF16 (Arm).
 _NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
@@ -83,4 +71,3 @@ def cpu_bf16_dot_products(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         pass
     return False
-

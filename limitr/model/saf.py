@@ -105,12 +105,6 @@ def _cast_params(params: tuple[torch.Tensor, ...], compute: torch.dtype) -> tupl
     return (w1.to(compute), b1.to(compute), w2.to(acc), b2.to(acc), u.to(acc), ub.to(acc))
 
 
-def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A Bernoulli keep mask (bool, P(keep) ~= 1 - p) and the matching rescale factor: the
-    fast CPU mask of :mod:`limitr.model.dropout` (p quantised to 1/65536, rescale exact)."""
-    return keep_mask(shape, p, device)
-
-
 def _tiles(a: int, p: int, row_elements: int, budget: int) -> list[tuple[int, int, int, int]]:
     """Rectangular tiles (a0, a1, p0, p1) whose slices of an (A, P, ...) tensor are contiguous."""
     per_a = p * row_elements
@@ -176,8 +170,8 @@ def saf_pool_forward(
         del s_cd
         h.tanh_()
         if dropout > 0:
-            km, scale = dropout_keep_mask(h.shape, dropout, device)
-            gk, _ = dropout_keep_mask(g.shape, dropout, device)
+            km, scale = keep_mask(h.shape, dropout, device)
+            gk, _ = keep_mask(g.shape, dropout, device)
             if saved is not None:
                 saved["keep"][a0:a1, p0:p1] = km
                 saved["gate_keep"][a0:a1, p0:p1] = gk.view(na, npp, d)

@@ -252,7 +252,7 @@ def test_saf_gradcheck_with_dropout():
 
 
 def test_saf_dropout_keeps_the_expectation():
-    keep, scale = saf_module.dropout_keep_mask((400, 1000), 0.4, torch.device("cpu"))
+    keep, scale = saf_module.keep_mask((400, 1000), 0.4, torch.device("cpu"))
     assert keep.dtype == torch.bool
     rate = keep.double().mean().item()
     assert abs(rate - 0.6) < 0.005

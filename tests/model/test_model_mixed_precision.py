@@ -19,6 +19,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model_inputs import reports, studies
+
 from limitr.model import LIMITR
 from limitr.model import saf as saf_module
 from limitr.model.alignment import LocalAlignment
@@ -135,34 +137,12 @@ def test_float64_is_left_alone_by_autocast():
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
-def _studies(b: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    frontal = torch.randn(b, 3, 32, 32, generator=g)
-    lateral = torch.randn(b, 3, 32, 32, generator=g)
-    has_lateral = torch.tensor([True, False, True, False, True, True][:b])
-    return frontal, lateral, has_lateral
-
-
-def _reports(b: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    t = 10
-    ids = torch.randint(5, 60, (b, t), generator=g)
-    ids[:, 0] = 2
-    lengths = torch.tensor([10, 6, 8, 4, 9, 7][:b])
-    attention = (torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)).long()
-    word_ids = torch.full((b, t), -1)
-    for i, n in enumerate(lengths.tolist()):
-        word_ids[i, 1 : n - 1] = torch.arange(n - 2)
-        ids[i, n - 1] = 3
-    return ids * attention, attention, word_ids
-
-
 @pytest.mark.parametrize("internal", [0.0, 1.0])
 def test_model_scores_losses_and_gradients_under_bf16(tiny_config, saf_spy, internal):
     torch.manual_seed(0)
     cfg = tiny_config(embed_dim=D, loss_weights={"local_external": 1.0, "local_internal": internal, "global": 1.0})
     model = LIMITR(cfg).eval()  # batch norms on running statistics: both passes see the same model
-    studies, reports = _studies(6, 0), _reports(6, 0)
+    study_inputs, report_inputs = studies(6, 0), reports(6, 0)
 
     # The training path: GlobalBatchLoss encodes under autocast and scores float32 copies of
     # the (small) embeddings, still under autocast.
@@ -171,10 +151,10 @@ def test_model_scores_losses_and_gradients_under_bf16(tiny_config, saf_spy, inte
     def run(bf16: bool):
         model.zero_grad()
         with bf16_autocast(bf16):
-            img = model.encode_images(*studies)
-            txt = model.encode_text(*reports)
+            img = model.encode_images(*study_inputs)
+            txt = model.encode_text(*report_inputs)
             scores = model.similarity(as_float32(img), as_float32(txt))
-            losses = step(*studies, *reports)
+            losses = step(*study_inputs, *report_inputs)
         losses.total.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return img, scores, losses, grads
