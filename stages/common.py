@@ -17,7 +17,6 @@ A stage command looks like this::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -173,15 +172,6 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename), keys in a stable order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 #: In a log (stderr not a terminal): a line at most every this share of the total ...

@@ -23,8 +23,8 @@ from stages.common import (
     resolve_device,
     stage_errors,
     stage_settings,
-    write_json,
 )
+from limitr.files import write_json
 
 
 @app.command("embed")

@@ -25,8 +25,8 @@ from stages.common import (
     progress_bar,
     stage_errors,
     stage_settings,
-    write_json,
 )
+from limitr.files import write_json
 
 
 @app.command("preprocess")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from limitr.files import write_atomic
 
 
 def write_series_tsv(path: Path, series: Mapping[str, Sequence[float]], x: str = "k") -> None:
@@ -23,11 +24,7 @@ def write_series_tsv(path: Path, series: Mapping[str, Sequence[float]], x: str =
             value = series[name][i]
             cells.append(str(int(value)) if name == x else f"{float(value):.4f}")
         lines.append("\t".join(cells))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def slug(name: str) -> str:
@@ -120,8 +117,6 @@ def draw_message(path: Path, message: str) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())

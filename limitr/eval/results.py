@@ -16,14 +16,14 @@ and lists.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+from limitr import files
 
 
 def private(default: Any = None) -> Any:
@@ -273,8 +273,4 @@ def to_json(value: Any) -> Any:
 
 def write_json(path: Path, result: Any) -> None:
     """Write a result's metrics file: :func:`to_json`, then a temporary name and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_json(result), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    files.write_json(path, to_json(result))

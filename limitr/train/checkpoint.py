@@ -19,16 +19,17 @@ so a kill leaves the previous one whole.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
+
+from limitr.files import write_json
 from torch import nn
 
 from limitr.errors import LimitrError
@@ -37,15 +38,6 @@ STATE_FILE = "state.pt"
 BEST_DIR = "best"
 LAST_DIR = "last"
 RUN_FILES = ("config.json", "report.json", BEST_DIR, LAST_DIR)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """JSON written to a temporary name and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from limitr.train.checkpoint import write_json
+from limitr.files import write_json
 
 SUMMARY_FILE = "train.json"
 

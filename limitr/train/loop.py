@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from limitr.errors import LimitrError
+from limitr.files import write_json
 from limitr.model.precision import cpu_bf16_dot_products
 from limitr.progress import ProgressFn, advance
 from limitr.train import checkpoint as ckpt
@@ -383,11 +384,11 @@ def start_run_folder(out: Path, run: _Run, model_cfg: Any, train_cfg: TrainConfi
     if fresh:
         ckpt.clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json(out / "config.json", {
+    write_json(out / "config.json", {
         "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
         "seed": int(seed), "world_size": dist.world_size,
     })
-    ckpt.write_json(out / "report.json", {"train": run.train_set.report, "validate": run.val_set.report})
+    write_json(out / "report.json", {"train": run.train_set.report, "validate": run.val_set.report})
 
 
 def _batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:

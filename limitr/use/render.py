@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from limitr.files import write_atomic
 
 #: The colour scale of each map kind: attention as a multiple of uniform attention (1 = the
 #: phrase attends to every region alike) on a log scale from half to twice uniform; cosine
@@ -85,11 +86,9 @@ def _draw(ax, panel: Panel, kind: str):
 
 
 def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
 
 
 def figure_png(panel: Panel, kind: str, path: Optional[Path] = None, size: float = 5.0, dpi: int = 100) -> bytes:
@@ -106,11 +105,7 @@ def figure_png(panel: Panel, kind: str, path: Optional[Path] = None, size: float
     plt.close(fig)
     data = buf.getvalue()
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     return data
 
 
@@ -186,9 +181,5 @@ def html_page(title: str, rows: Sequence[dict], path: Optional[Path] = None) -> 
         f"</style></head><body><h1>{html.escape(title)}</h1><div class=\"hits\">{''.join(cards)}</div></body></html>\n"
     )
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(page)
-        os.replace(tmp, path)
+        write_atomic(path, page)
     return page
