@@ -241,6 +241,8 @@ class EvaluateSettings(Section):
     block_size: int = Field(1000, ge=1, description="candidates per block of the block protocol")
     rerank_top_k: Optional[int] = Field(None, ge=1, description="re-rank the global top-K with the local score")
     score_block: int = Field(64, ge=1, description="images and texts per similarity call")
+    bootstrap: int = Field(1000, ge=0, description="test-study draws for the 95% intervals (0 = none)")
+    bootstrap_seed: int = Field(0, ge=0, description="seed of those draws (the same draws for every run)")
 
     @field_validator("ground_truth", mode="before")
     @classmethod

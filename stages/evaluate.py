@@ -7,7 +7,11 @@ synthetic data's side, zone and effusion-size probes), each task's typed result
 ``{"skipped": reason}``. Into ``--plots`` (default metrics/plots/):
 recall_at_k.tsv and precision_at_k.tsv (x ``k``) and grounding/<category>.png overlays.
 ``summary.json`` holds the headline figures (:data:`SUMMARY_KEYS`): the metrics file DVC
-shows by default; the detailed files stay beside it as plain outputs.
+shows by default; the detailed files stay beside it as plain outputs. With
+``evaluate.bootstrap`` draws, the recalls, r_sum and AUROCs carry 95% bootstrap intervals
+(``ci95`` / ``auroc_ci95``; summary.json: ``<figure>_lo`` / ``_hi`` for a few), and every
+test study's ranks and zero-shot margins go to ranks.tsv and zero_shot_margins.tsv, which
+``limitr compare`` reads.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ SUMMARY_FILE = "summary.json"
 SUMMARY_KEYS: tuple[str, ...] = (
     "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
     "P@5", "P@10", "auroc", "cnr", "pointing", "miou", "best_epoch",
+    "i2t_R@10_lo", "i2t_R@10_hi", "t2i_R@10_lo", "t2i_R@10_hi", "r_sum_lo", "r_sum_hi", "auroc_lo", "auroc_hi",
 )
 #: Percent figures are rounded to 2 decimals, the others to 3: a diff shows real changes.
 _PERCENT_KEYS = {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
-                 "P@5", "P@10"}
+                 "P@5", "P@10", "i2t_R@10_lo", "i2t_R@10_hi", "t2i_R@10_lo", "t2i_R@10_hi", "r_sum_lo", "r_sum_hi"}
 
 
 def _get(tree: Any, *path: Any) -> Any:
@@ -91,12 +96,23 @@ def headline_figures(results: dict, block_key: str, model_dir: Path) -> dict:
     figures["pointing"] = _get(results, "grounding", "pointing_game", "mean")
     figures["miou"] = _get(results, "grounding", "miou", "mean")
     figures["best_epoch"] = _best_epoch(model_dir)
+    # The 95% bootstrap intervals of the figures the ablations compare (None without draws).
+    for d in ("i2t", "t2i"):
+        low_high = _get(full, "ci95", d, "R@10") or [None, None]
+        figures[f"{d}_R@10_lo"], figures[f"{d}_R@10_hi"] = low_high
+    figures["r_sum_lo"], figures["r_sum_hi"] = _get(full, "ci95", "r_sum") or [None, None]
+    figures["auroc_lo"], figures["auroc_hi"] = _get(results, "zero_shot", "auroc_ci95", "mean") or [None, None]
     return {k: (round(v, 2 if k in _PERCENT_KEYS else 3) if isinstance(v, float) else v)
             for k, v in figures.items()}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(low_high: Any, digits: int = 1) -> str:
+    low, high = low_high
+    return f"[{_fmt(low, digits)}, {_fmt(high, digits)}]"
 
 
 def _p(value: float) -> str:
@@ -110,10 +126,13 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
     if "full" in ret:
         for proto, name in (("full", "full"), (block_key, block_key)):
             r = ret[proto]
+            ci = r.get("ci95") or {}
             for d in ("i2t", "t2i"):
                 rows.append((f"retrieval {name} {d} R@1/5/10",
-                             " / ".join(_fmt(r[d][f"R@{k}"], 1) for k in (1, 5, 10)) + f"  (n={r['n_candidates']})"))
-            rows.append((f"retrieval {name} r_sum", f"{_fmt(r['r_sum'], 1)}  (chance {_fmt(sum(r['chance'].values()) * 2, 1)})"))
+                             " / ".join(_fmt(r[d][f"R@{k}"], 1) for k in (1, 5, 10)) + f"  (n={r['n_candidates']})"
+                             + (f"  R@10 95% {_ci(ci[d]['R@10'])}" if d in ci else "")))
+            rows.append((f"retrieval {name} r_sum", f"{_fmt(r['r_sum'], 1)}  (chance {_fmt(sum(r['chance'].values()) * 2, 1)})"
+                         + (f"  95% {_ci(ci['r_sum'])}" if "r_sum" in ci else "")))
         if "rerank" in ret:
             rows.append((f"rerank top-{ret['rerank']['top_k']} full r_sum", _fmt(ret["rerank"]["full"]["r_sum"], 1)))
     cr = results.get("class_retrieval", {})
@@ -124,7 +143,8 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
                 rows.append((f"class retrieval {d} {k} mean", _fmt(entry[k]["mean"], 1)))
     zs = results.get("zero_shot", {})
     if "auroc" in zs:
-        rows.append(("zero-shot mean AUROC", _fmt(zs["auroc"]["mean"], 3)))
+        ci = (zs.get("auroc_ci95") or {}).get("mean")
+        rows.append(("zero-shot mean AUROC", _fmt(zs["auroc"]["mean"], 3) + (f"  95% {_ci(ci, 3)}" if ci else "")))
     gr = results.get("grounding", {})
     for prefix, entry in (("attention", gr), ("cosine", gr.get("cosine", {}))):
         if "cnr" in entry:
@@ -156,6 +176,16 @@ def _summary_rows(results: dict, block_key: str) -> list[tuple[str, str]]:
         if "skipped" in result:
             rows.append((name, f"skipped: {result['skipped']}"))
     return rows
+
+
+def write_per_study(metrics_dir: Path, results: dict) -> None:
+    """ranks.tsv and zero_shot_margins.tsv: every test study's values the figures come from
+    (a header-only file where the task did not run), for ``limitr compare``."""
+    from limitr.eval.bootstrap import MARGINS_FILE, RANKS_FILE, write_per_study_tsv
+
+    for file_name, name, attr in ((RANKS_FILE, "retrieval", "ranks"), (MARGINS_FILE, "zero_shot", "margins")):
+        table = dict(getattr(results[name], attr, None) or {"study_id": []})
+        write_per_study_tsv(metrics_dir / file_name, table.pop("study_id"), table)
 
 
 @app.command("evaluate")
@@ -198,6 +228,8 @@ def evaluate_stage(
             score_block=score_block,
             chunk=(run_config.get("model") or {}).get("score_chunk"),
             device=dev,
+            bootstrap=cfg.bootstrap,
+            bootstrap_seed=cfg.bootstrap_seed,
         )
         results: dict = {}
         for task in plan_tasks(emb_dir, shards_dir, settings, truth_file):
@@ -209,6 +241,7 @@ def evaluate_stage(
 
         for name, file_name in METRIC_FILES.items():
             write_json(metrics_dir / file_name, results[name])
+        write_per_study(metrics_dir, results)
         as_json = {k: to_json(v) for k, v in results.items()}
         write_json(metrics_dir / SUMMARY_FILE, headline_figures(as_json, f"block{block}", model_dir))
         curves = getattr(results["retrieval"], "curves", None) or {"k": []}

@@ -21,6 +21,7 @@ import torch
 
 from limitr.data.schema import CHEXPERT_LABELS, CLASS_RETRIEVAL_CLASSES
 from limitr.errors import LimitrError
+from limitr.eval import bootstrap as B
 from limitr.eval import metrics as M
 from limitr.eval.grounding_task import grounding, grounding_total
 from limitr.eval.prompts import CLASS_PROMPTS, ZERO_SHOT_PROMPTS
@@ -45,7 +46,8 @@ class EvalSettings:
     """block_size: candidates per block of the block protocol (the public code's 1000);
     rerank_top_k: global top-K re-ranked by the total score (None = off);
     score_block: images and texts per ``similarity`` call; chunk: the model's report chunk;
-    curve_max_k: the recall-at-K curve runs K = 1..curve_max_k; device: where scoring runs."""
+    curve_max_k: the recall-at-K curve runs K = 1..curve_max_k; device: where scoring runs;
+    bootstrap: draws of the test studies for the 95% intervals (0 = none), bootstrap_seed their seed."""
 
     block_size: int = default_of("evaluate", "block_size")
     rerank_top_k: Optional[int] = default_of("evaluate", "rerank_top_k")
@@ -54,6 +56,8 @@ class EvalSettings:
     curve_max_k: int = 100
     device: str = "cpu"
     precision_ks: Sequence[int] = field(default_factory=lambda: M.PRECISION_KS)
+    bootstrap: int = default_of("evaluate", "bootstrap")
+    bootstrap_seed: int = default_of("evaluate", "bootstrap_seed")
 
 
 @dataclass
@@ -95,7 +99,8 @@ def _labels(table: pq.Table, keys: Sequence[int], key: str, names: Sequence[str]
 
 def retrieval(model, embeddings: Path, settings: EvalSettings, progress: ProgressFn = None) -> RetrievalResult:
     """Full and block protocols, score components and the optional re-ranking, with the
-    recall-at-K curves for the plots."""
+    recall-at-K curves for the plots, the bootstrap intervals of the full protocol and of each
+    score, and every study's ranks (for comparing runs)."""
     img_keys, images = read_embeddings(Path(embeddings) / "test", "images")
     txt_keys, texts = read_embeddings(Path(embeddings) / "test", "texts")
     keys, img_rows, txt_rows = align(img_keys, txt_keys)
@@ -113,6 +118,12 @@ def retrieval(model, embeddings: Path, settings: EvalSettings, progress: Progres
     components = {"global": scores.global_}
     if scores.local is not None:
         components["local"] = scores.local
+    ranks = {"total": (i2t, t2i), **{name: M.diagonal_ranks(mat) for name, mat in components.items()}}
+    by_score = {name: M.retrieval_summary(*ranks[name]) for name in components}
+    if settings.bootstrap:
+        for name, figures in (("total", full), *by_score.items()):
+            figures["ci95"] = B.recall_intervals(ranks[name][0].numpy(), ranks[name][1].numpy(),
+                                                 settings.bootstrap, settings.bootstrap_seed)
     rerank = None
     if settings.rerank_top_k:
         # Derived from the full matrices already at hand: the same ranks as scoring the local
@@ -128,7 +139,7 @@ def retrieval(model, embeddings: Path, settings: EvalSettings, progress: Progres
     return RetrievalResult(
         protocols={"full": RetrievalFigures.from_dict(full),
                    f"block{settings.block_size}": RetrievalFigures.from_dict(block)},
-        by_score={name: RetrievalFigures.from_dict(M.image_text_retrieval(mat)) for name, mat in components.items()},
+        by_score={name: RetrievalFigures.from_dict(v) for name, v in by_score.items()},
         rerank=rerank,
         curves={
             "k": list(range(1, max_k + 1)),
@@ -137,6 +148,8 @@ def retrieval(model, embeddings: Path, settings: EvalSettings, progress: Progres
             f"i2t_block{settings.block_size}": M.recall_curve(block_i2t, max_k).tolist(),
             f"t2i_block{settings.block_size}": M.recall_curve(block_t2i, max_k).tolist(),
         },
+        ranks={"study_id": keys.numpy(),
+               **{f"{d}_{name}": pair[j].numpy() for name, pair in ranks.items() for j, d in enumerate(("i2t", "t2i"))}},
     )
 
 
@@ -227,6 +240,7 @@ def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, pro
     auroc: dict = {}
     counts: dict = {}
     skipped: dict = {}
+    margins: dict = {}
     for j, name in enumerate(names):
         pos_prompts, neg_prompts = ZERO_SHOT_PROMPTS[name]
         pos = s[:, _prompt_columns(prompts, pos_prompts)].mean(1)
@@ -237,9 +251,19 @@ def zero_shot(model, embeddings: Path, shards: Path, settings: EvalSettings, pro
             skipped[name] = "no positive or no negative image in the test split"
         else:
             auroc[name] = result["auroc"]
+            margins[name] = (pos.double() - neg.double()).numpy()  # as zero_shot_auroc takes it
     mean = float(np.mean(list(auroc.values()))) if auroc else None
+    column = {name: j for j, name in enumerate(names)}
+    found = {name: labels[:, column[name]] for name in margins}
+    intervals = None
+    if settings.bootstrap and margins:
+        intervals = B.auroc_intervals(margins, found, settings.bootstrap, settings.bootstrap_seed)
+    per_study = {"study_id": img_keys.numpy()}
+    for name in margins:
+        per_study[f"{name}:margin"] = margins[name]
+        per_study[f"{name}:label"] = found[name]
     return ZeroShotResult(auroc={"mean": mean, **auroc}, n_images=int(len(img_keys)), counts=counts,
-                          skipped_classes=skipped)
+                          skipped_classes=skipped, auroc_ci95=intervals, margins=per_study)
 
 
 # --- ground-truth probes of the synthetic data -----------------------------------------------

@@ -64,6 +64,8 @@ class RetrievalFigures:
     t2i: dict[str, float]
     r_sum: float
     chance: Optional[dict[str, float]] = optional()
+    #: 95% bootstrap intervals of the recalls and r_sum (:mod:`limitr.eval.bootstrap`), where drawn.
+    ci95: Optional[dict[str, Any]] = optional()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RetrievalFigures":
@@ -89,6 +91,8 @@ class RetrievalResult:
     by_score: dict[str, RetrievalFigures]
     rerank: Optional[RerankResult] = optional()
     curves: dict[str, list] = private(None)
+    #: study ids and each study's rank of its match per direction and score (ranks.tsv).
+    ranks: Optional[dict[str, Any]] = private(None)
 
 
 # --- class retrieval -------------------------------------------------------------------------
@@ -120,6 +124,10 @@ class ZeroShotResult:
     n_images: int
     counts: dict[str, dict[str, int]]
     skipped_classes: dict[str, str]
+    #: 95% bootstrap intervals of the AUROCs (:mod:`limitr.eval.bootstrap`), where drawn.
+    auroc_ci95: Optional[dict[str, Any]] = optional()
+    #: study ids and each observation's margin and label (zero_shot_margins.tsv).
+    margins: Optional[dict[str, Any]] = private(None)
 
 
 # --- probes ----------------------------------------------------------------------------------

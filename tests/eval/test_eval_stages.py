@@ -99,6 +99,17 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
     for key in SUMMARY_KEYS:
         if key != "best_epoch":  # the stand-in model has no training history
             assert isinstance(summary[key], float), key
+    assert summary["r_sum_lo"] <= summary["r_sum"] <= summary["r_sum_hi"]
+    assert retrieval["full"]["ci95"]["samples"] == 1000 and "ci95" in retrieval["by_score"]["local"]
+    # every study's ranks: the figures follow from them
+    from limitr.eval.bootstrap import MARGINS_FILE, RANKS_FILE, read_per_study_tsv
+
+    keys, ranks = read_per_study_tsv(metrics / RANKS_FILE)
+    assert len(keys) == 10 and set(ranks) == {f"{d}_{s}" for d in ("i2t", "t2i") for s in ("total", "global", "local")}
+    assert M.rank_metrics(ranks["t2i_total"])["R@5"] == pytest.approx(retrieval["full"]["t2i"]["R@5"])
+    assert M.rank_metrics(ranks["i2t_global"])["MRR"] == pytest.approx(retrieval["by_score"]["global"]["i2t"]["MRR"])
+    zs_keys, margins = read_per_study_tsv(metrics / MARGINS_FILE)
+    assert len(zs_keys) == 10 and all(c.endswith((":margin", ":label")) for c in margins)
 
     cr = json.loads((metrics / "class_retrieval.json").read_text())
     assert set(cr["t2i"]) == {"P@5", "P@10"} and set(cr["i2t"]) == {"P@5", "P@10"}  # 10 items: no P@50
