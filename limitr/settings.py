@@ -127,11 +127,21 @@ class ModelSettings(Section):
     saf_dropout: float = Field(0.4, ge=0.0, lt=1.0)
     loss_weights: LossWeightSettings = Field(default_factory=LossWeightSettings)
     score_chunk: Optional[int] = Field(64, ge=1, description="reports per chunk of the B x B local scores")
+    score_local_weight: Union[Literal["validate"], float] = Field(
+        "validate", description="factor on the local term of the combined score: validate (chosen on the "
+        "validation split) | a number >= 0 (1 = the paper's mean of the weighted terms, 0 = global only)")
 
     @field_validator("image_weights", "text_encoder", mode="before")
     @classmethod
     def _optional_paths(cls, value: Any) -> Any:
         return _null_path(value)
+
+    @field_validator("score_local_weight")
+    @classmethod
+    def _local_weight(cls, value: Any) -> Any:
+        if value != "validate" and not value >= 0:
+            raise ValueError("must be validate or a number >= 0")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSettings":

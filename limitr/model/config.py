@@ -5,7 +5,7 @@ Its defaults are the schema's (:class:`limitr.settings.ModelSettings`), the sing
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from limitr.errors import LimitrError
 from limitr.settings import LossWeightSettings, ModelSettings
@@ -91,6 +91,10 @@ class ModelConfig:
     saf_dropout: dropout probability after each tanh of the SAF module.
     loss_weights: see :class:`LossWeights`.
     score_chunk: reports per chunk of the all-pairs local scores (None = all at once).
+    score_local_weight: factor on the local term of the combined score: a number >= 0 (1 = the
+        paper's mean of the weighted terms, 0 = the global score alone) or ``"validate"``, which
+        training replaces by the weight it chooses on the validation split (and scores with 1
+        until then); a saved model carries the number.
     """
 
     image_backbone: str = _DEFAULTS.image_backbone
@@ -111,6 +115,7 @@ class ModelConfig:
     saf_dropout: float = _DEFAULTS.saf_dropout
     loss_weights: LossWeights = field(default_factory=LossWeights)
     score_chunk: Optional[int] = _DEFAULTS.score_chunk
+    score_local_weight: Union[str, float] = _DEFAULTS.score_local_weight
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_weights, Mapping):
@@ -158,6 +163,9 @@ class ModelConfig:
             raise LimitrError(f"model.saf_dropout must be in [0, 1), got {self.saf_dropout}")
         if self.score_chunk is not None and (not isinstance(self.score_chunk, int) or self.score_chunk < 1):
             raise LimitrError(f"model.score_chunk must be null or a positive integer, got {self.score_chunk!r}")
+        slw = self.score_local_weight
+        if slw != "validate" and (isinstance(slw, (str, bool)) or not slw >= 0):
+            raise LimitrError(f"model.score_local_weight must be validate or a number >= 0, got {slw!r}")
         w = self.loss_weights
         if min(w.local_external, w.local_internal, w.global_) < 0:
             raise LimitrError(f"model.loss_weights must be non-negative, got {w.to_dict()}")
@@ -171,6 +179,12 @@ class ModelConfig:
     def local_enabled(self) -> bool:
         """Whether the local score takes part in the loss and the combined similarity."""
         return self.loss_weights.local_external > 0 and (self.caption_attention or self.image_attention)
+
+    @property
+    def local_score_factor(self) -> float:
+        """The factor on the local term of the combined score now: 1 while ``"validate"``
+        has not been resolved by training."""
+        return 1.0 if self.score_local_weight == "validate" else float(self.score_local_weight)
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping[str, Any]]) -> "ModelConfig":
@@ -210,6 +224,8 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     try:
+        if name == "score_local_weight":
+            return "validate" if isinstance(value, str) and value.strip().lower() == "validate" else float(value)
         if name in _FLOATS:
             return float(value)
         if name in _INTS:

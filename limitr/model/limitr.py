@@ -121,9 +121,10 @@ class LIMITR(nn.Module):
 
         global_ = cosine of the global embeddings; local = mean of the enabled
         directional scores (computed only when loss_weights.local_external > 0);
-        total = mean(w_le * local, w_g * global_) over the terms whose weight is
-        positive (method.md), so a disabled term neither costs time nor halves the other;
-        with both weights zero, total is the unweighted global cosine.
+        total = mean(s * w_le * local, w_g * global_) over the terms whose weight is
+        positive (:meth:`combine`; method.md), s = config.score_local_weight, so a disabled
+        term neither costs time nor halves the other; with both weights zero, total is the
+        unweighted global cosine.
         chunk: reports per chunk of the local scores (default config.score_chunk).
         """
         cfg = self.config
@@ -145,15 +146,24 @@ class LIMITR(nn.Module):
             )
             present = [s for s in (caption, image) if s is not None]
             local = present[0] if len(present) == 1 else (present[0] + present[1]) / 2
-        w = cfg.loss_weights
-        terms = []
         with full_precision(cosine):
-            if local is not None:
-                terms.append(w.local_external * local)
-            if w.global_ > 0:
-                terms.append(w.global_ * cosine)
-            total = cosine if not terms else (terms[0] if len(terms) == 1 else (terms[0] + terms[1]) / 2)
+            total = self.combine(local, cosine)
         return Scores(total=total, global_=cosine, local=local, caption=caption, image=image)
+
+    def combine(self, local: Optional[torch.Tensor], global_: torch.Tensor,
+                local_weight: Optional[float] = None) -> torch.Tensor:
+        """The combined score of :meth:`similarity` from its local and global terms (any
+        equal shapes): mean(s * w_le * local, w_g * global_) over the terms whose weight is
+        positive, s = ``local_weight`` or ``config.score_local_weight`` (1 = the paper's plain
+        mean; 0 = the global term alone); with no positive weight, the unweighted global."""
+        w = self.config.loss_weights
+        s = self.config.local_score_factor if local_weight is None else float(local_weight)
+        terms = []
+        if local is not None and s > 0:
+            terms.append((s * w.local_external) * local)
+        if w.global_ > 0:
+            terms.append(w.global_ * global_)
+        return global_ if not terms else (terms[0] if len(terms) == 1 else (terms[0] + terms[1]) / 2)
 
     def loss(self, img: ImageEmbeddings, txt: TextEmbeddings) -> Losses:
         """Losses of a matched batch (study b with report b); uses :meth:`similarity`."""

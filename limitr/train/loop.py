@@ -10,6 +10,7 @@ epoch ``e`` follows the uninterrupted run exactly on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -39,7 +40,7 @@ from limitr.train.distributed import (
     broadcast_floats,
     wrap_for_training,
 )
-from limitr.train.validate import RECALL_KEYS, autocast_context, validate, validation_subset
+from limitr.train.validate import LOCAL_WEIGHT_GRID, RECALL_KEYS, autocast_context, validate, validation_subset
 
 
 @dataclass
@@ -269,6 +270,9 @@ def train(
         figures = run_validation(run, train_cfg, model_cfg, dist)
         epoch_row = end_epoch(run, train_cfg, state, epoch, train_loss, figures)
         state.seconds = seconds_before + time.perf_counter() - started
+        # The checkpoints carry the combined score's local factor this epoch's validation chose
+        # (model.score_local_weight: validate), so that evaluation and search rank with it.
+        use_local_weight(run.model, model_cfg, figures["score_local_weight"])
         if dist.is_main:
             save_epoch(run, out, state, improved=state.best["epoch"] == epoch + 1, finished=(
                 state.stopped_early or epoch + 1 == train_cfg.epochs), epoch_row=epoch_row)
@@ -459,9 +463,17 @@ def run_validation(run: _Run, train_cfg: TrainConfig, model_cfg: Any, dist: Dist
             run.model, _batches(run.val_loader), run.device, upsample_to=train_cfg.upsample_to,
             lateral=model_cfg.lateral, autocast_dtype=run.autocast_dtype, chunk=model_cfg.score_chunk,
             rerank_top_k=train_cfg.val_rerank_top_k,
+            local_weights=LOCAL_WEIGHT_GRID if model_cfg.score_local_weight == "validate" else None,
         )
-    keys = (*RECALL_KEYS, "r_sum")
+    keys = (*RECALL_KEYS, "r_sum", "r_sum_global", "score_local_weight")
     return dict(zip(keys, broadcast_floats([figures.get(k, 0.0) for k in keys], dist, run.device)))
+
+
+def use_local_weight(model: torch.nn.Module, model_cfg: Any, weight: float) -> None:
+    """Score with local factor ``weight`` from now on when ``model_cfg`` leaves it to
+    validation; the training loss does not depend on it."""
+    if model_cfg.score_local_weight == "validate":
+        model.config = dataclasses.replace(model_cfg, score_local_weight=float(weight))
 
 
 def end_epoch(run: _Run, train_cfg: TrainConfig, state: _State, epoch: int, train_loss: float,
@@ -561,6 +573,8 @@ def _summary(epochs, best, stopped_early, seconds, train_set, val_set, dist, ste
     keys = (*RECALL_KEYS, "r_sum")
     final = {k: epochs[-1][k] for k in keys} if epochs else {}
     best_row = next((e for e in epochs if e["epoch"] == best["epoch"]), None)
+    if best_row and "score_local_weight" in best_row:  # rows of a run resumed from an older version lack it
+        keys = (*keys, "r_sum_global", "score_local_weight")
     chance = chance_recalls(len(val_set))
     return {
         "final": {"epoch": epochs[-1]["epoch"] if epochs else 0, **final},

@@ -143,27 +143,89 @@ def global_cosine(img, txt) -> torch.Tensor:
     return l2norm(img.global_emb) @ l2norm(txt.global_emb).t()
 
 
+#: The factors on the local term of the combined score that validation tries when
+#: ``model.score_local_weight`` is ``validate`` (0 = the global score alone, 1 = the paper).
+LOCAL_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class _Direction:
+    """One retrieval direction's validation scores: the global matrix (queries, candidates),
+    the re-ranked tier (None = every pair scored) and each scored pair's local and global
+    terms (NaN where not scored)."""
+
+    def __init__(self, glob: torch.Tensor, tier: Optional[torch.Tensor], local: Optional[torch.Tensor],
+                 pair_global: torch.Tensor) -> None:
+        self.glob, self.tier, self.local, self.pair_global = glob, tier, local, pair_global
+
+    def ranks(self, model: nn.Module, weight: Optional[float]) -> torch.Tensor:
+        """Ranks of each query's match under the combined score with local factor ``weight``
+        (None = the model's own; 0 = the global score alone, every pair)."""
+        from limitr.eval.metrics import target_ranks
+
+        targets = torch.arange(self.glob.shape[0])
+        if weight == 0.0:
+            return target_ranks(self.glob, targets, "pessimistic")
+        combined = model.combine(self.local, self.pair_global, weight).float()
+        if self.tier is None:
+            return target_ranks(combined, targets, "pessimistic")
+        return target_ranks(torch.where(self.tier, combined, self.glob), targets, "pessimistic", self.tier)
+
+
 @torch.no_grad()
-def reranked_validation_ranks(model: nn.Module, img, txt, k: int, chunk: Optional[int] = None):
-    """(i2t, t2i) 1-based ranks of the matching pairs when each query's global top-``k``
-    candidates are ordered by ``model.similarity(...).total`` and the others follow in global
-    order (:func:`limitr.eval.metrics.reranked_ranks` on the full matrices gives the same)."""
-    from limitr.eval.metrics import target_ranks, top_k_mask
+def _directions(model: nn.Module, img, txt, k: Optional[int], chunk: Optional[int]) -> tuple[_Direction, _Direction]:
+    """The (i2t, t2i) validation scores: every pair when ``k`` is None, else each query's
+    global top-``k`` candidates scored with ``model.similarity`` (2 n k local pairs)."""
+    from limitr.eval.metrics import top_k_mask
     from limitr.eval.scoring import take
 
     glob = global_cosine(img, txt).float().cpu()
-    targets = torch.arange(glob.shape[0])
-    ranks = []
+    if k is None:
+        full = model.similarity(img, txt, chunk=chunk)
+        local = None if full.local is None else full.local.float().cpu()
+        g = full.global_.float().cpu()
+        return (_Direction(g, None, local, g),
+                _Direction(g.T, None, None if local is None else local.T, g.T))
+    out = []
     for g, queries, candidates, transpose in ((glob, img, txt, False), (glob.T, txt, img, True)):
         tier = top_k_mask(g, k)
-        total = g.clone()
+        local = torch.full_like(g, float("nan"))
+        pair_global = g.clone()
+        has_local = True
         for q in range(g.shape[0]):  # one query against its k candidates: k local pairs
             cand = tier[q].nonzero().squeeze(1)
             one, many = take(queries, slice(q, q + 1)), take(candidates, cand)
             block = model.similarity(many, one, chunk=chunk) if transpose else model.similarity(one, many, chunk=chunk)
-            total[q, cand] = block.total.reshape(-1).float().cpu()
-        ranks.append(target_ranks(total, targets, "pessimistic", tier))
-    return ranks[0], ranks[1]
+            pair_global[q, cand] = block.global_.reshape(-1).float().cpu()
+            if block.local is None:
+                has_local = False
+            else:
+                local[q, cand] = block.local.reshape(-1).float().cpu()
+        out.append(_Direction(g, tier, local if has_local else None, pair_global))
+    return out[0], out[1]
+
+
+@torch.no_grad()
+def reranked_validation_ranks(model: nn.Module, img, txt, k: int, chunk: Optional[int] = None,
+                              local_weight: Optional[float] = None):
+    """(i2t, t2i) 1-based ranks of the matching pairs when each query's global top-``k``
+    candidates are ordered by the combined score (``model.similarity(...).total``, or with the
+    local factor ``local_weight``) and the others follow in global order
+    (:func:`limitr.eval.metrics.reranked_ranks` on the full matrices gives the same)."""
+    i2t, t2i = _directions(model, img, txt, k, chunk)
+    return i2t.ranks(model, local_weight), t2i.ranks(model, local_weight)
+
+
+def choose_local_weight(model: nn.Module, i2t: _Direction, t2i: _Direction,
+                        grid: Sequence[float]) -> tuple[float, dict[float, dict[str, float]]]:
+    """The factor of ``grid`` whose combined score gives the highest validation r_sum, and
+    every factor's figures. Ties go to the paper's 1, then to the smaller factor; with 0 in
+    the grid the chosen r_sum is never below the global score's alone."""
+    from limitr.eval.metrics import retrieval_summary
+
+    found = {float(w): _flat(retrieval_summary(i2t.ranks(model, float(w)), t2i.ranks(model, float(w))))
+             for w in grid}
+    best = max(found, key=lambda w: (found[w]["r_sum"], w == 1.0, -w))
+    return best, found
 
 
 @torch.no_grad()
@@ -178,11 +240,15 @@ def validate(
     chunk: Optional[int] = None,
     progress: ProgressFn = None,
     rerank_top_k: Optional[int] = None,
+    local_weights: Optional[Sequence[float]] = None,
 ) -> dict[str, float]:
-    """Recalls (percent), r_sum and the study count ``n`` of the studies of ``batches``,
-    scored with ``model.similarity(..., chunk=chunk)``: all against all when ``rerank_top_k``
-    is None (or not below n), else the global top-K of each query re-ranked by the total
-    score (see the module docstring)."""
+    """Recalls (percent), r_sum, the study count ``n`` and the local factor of the combined
+    score ``score_local_weight`` of the studies of ``batches``, scored with
+    ``model.similarity(..., chunk=chunk)``: all against all when ``rerank_top_k`` is None (or
+    not below n), else the global top-K of each query re-ranked by the combined score (see the
+    module docstring). ``local_weights``: factors to choose from on these figures
+    (:func:`choose_local_weight`; None = the model's own); ``r_sum_global`` is the global
+    score's alone."""
     img, txt = embed_studies(
         model,
         batches,
@@ -198,11 +264,17 @@ def validate(
     was_training = model.training
     model.eval()
     try:  # scores in float32 (the embeddings already are), as in training
-        if rerank_top_k is None or rerank_top_k >= n:
-            out = retrieval_recalls(model.similarity(img, txt, chunk=chunk).total)
+        k = None if rerank_top_k is None or rerank_top_k >= n else rerank_top_k
+        i2t, t2i = _directions(model, img, txt, k, chunk)
+        if local_weights and i2t.local is not None:
+            weight, found = choose_local_weight(model, i2t, t2i, local_weights)
+            out = dict(found[weight])
         else:
-            out = _flat(retrieval_summary(*reranked_validation_ranks(model, img, txt, rerank_top_k, chunk)))
+            weight = model.config.local_score_factor
+            out = _flat(retrieval_summary(i2t.ranks(model, None), t2i.ranks(model, None)))
+        out["r_sum_global"] = _flat(retrieval_summary(i2t.ranks(model, 0.0), t2i.ranks(model, 0.0)))["r_sum"]
     finally:
         model.train(was_training)
     out["n"] = float(n)
+    out["score_local_weight"] = float(weight)
     return out

@@ -69,6 +69,12 @@ def test_train_stage_writes_model_curves_and_metrics(tiny_bert, tiny_data, tmp_p
     summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
     assert summary["epochs_run"] == 2 and summary["world_size"] == 1
     assert {"final", "best", "best_epoch", "seconds"} <= set(summary)
+    # model.score_local_weight: validate -> the best checkpoint carries the factor its epoch chose
+    from limitr.train.validate import LOCAL_WEIGHT_GRID
+
+    chosen = json.loads((out / "best" / "config.json").read_text())["score_local_weight"]
+    assert chosen in LOCAL_WEIGHT_GRID and summary["best"]["score_local_weight"] == chosen
+    assert summary["best"]["r_sum"] >= summary["best"]["r_sum_global"]
 
 
 def test_train_stage_errors_are_one_line(tiny_bert, tiny_data, tmp_path: Path) -> None:

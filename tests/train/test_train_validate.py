@@ -89,3 +89,89 @@ def test_validation_subset_is_fixed_and_bounded() -> None:
     a, b = validation_subset(50, 20, 3), validation_subset(50, 20, 3)
     assert len(a) == 20 and (a == b).all() and (a[1:] > a[:-1]).all() and a.max() < 50
     assert not (validation_subset(50, 20, 4) == a).all()
+
+
+# --- the combined score's local factor, chosen on validation -----------------------------------
+
+
+def _scorer(**config):
+    """Anything with LIMITR's ``combine`` and config, for crafted score matrices."""
+    from types import SimpleNamespace
+
+    from limitr.model import LIMITR
+    from limitr.model.config import ModelConfig
+
+    holder = SimpleNamespace(config=ModelConfig(**config))
+    holder.combine = lambda local, glob, weight=None: LIMITR.combine(holder, local, glob, weight)
+    return holder
+
+
+def _crafted(local: torch.Tensor, glob: torch.Tensor, k=None):
+    from limitr.eval.metrics import top_k_mask
+    from limitr.train.validate import _Direction
+
+    def one(lo, g):
+        tier = None if k is None else top_k_mask(g, k)
+        return _Direction(g, tier, lo, g)
+
+    return one(local, glob), one(local.T, glob.T)
+
+
+def test_chosen_local_weight_known_answers() -> None:
+    from limitr.train.validate import LOCAL_WEIGHT_GRID, choose_local_weight
+
+    n = 12
+    eye, shifted = torch.eye(n), torch.roll(torch.eye(n), 1, dims=1)
+    scorer = _scorer()
+    # The global term ranks each match second (0.1 behind), the local term first (0.1 ahead):
+    # the local term must weigh more than the global one, so the smallest such factor is 2.
+    glob, local = 0.5 + 0.4 * eye + 0.5 * shifted, 0.5 + 0.1 * eye
+    for k in (None, 3):
+        weight, found = choose_local_weight(scorer, *_crafted(local, glob, k), LOCAL_WEIGHT_GRID)
+        assert weight == 2.0 and found[2.0]["r_sum"] == 600.0 and found[0.0]["r_sum"] == 400.0, k
+    # A local term that points away from the match: the global score alone.
+    weight, _ = choose_local_weight(scorer, *_crafted(0.5 + 0.5 * shifted, 0.5 + 0.2 * eye), LOCAL_WEIGHT_GRID)
+    assert weight == 0.0
+    # Both terms perfect: every factor ties, and the paper's 1 is kept.
+    weight, _ = choose_local_weight(scorer, *_crafted(eye, eye), LOCAL_WEIGHT_GRID)
+    assert weight == 1.0
+
+
+def test_validation_never_ranks_below_the_global_score(tiny_bert) -> None:
+    """The invariant: the chosen factor's validation r_sum >= the global score's alone (the
+    plain global ranking), on an untrained model, every pair and re-ranked."""
+    from limitr.eval.metrics import diagonal_ranks, image_text_retrieval
+    from limitr.train.validate import LOCAL_WEIGHT_GRID, _directions, choose_local_weight, global_cosine
+
+    model, img, txt = _tiny_embeddings(tiny_bert)
+    plain = image_text_retrieval(global_cosine(img, txt))["r_sum"]
+    for k in (None, 5):
+        weight, found = choose_local_weight(model, *_directions(model, img, txt, k, None), LOCAL_WEIGHT_GRID)
+        assert found[0.0]["r_sum"] == plain
+        assert found[weight]["r_sum"] >= plain and found[weight]["r_sum"] == max(f["r_sum"] for f in found.values())
+    # The model's own factor (1 while "validate" is unresolved) reproduces its total score.
+    with torch.no_grad():
+        full = model.similarity(img, txt)
+    i2t, t2i = _directions(model, img, txt, None, None)
+    assert torch.equal(i2t.ranks(model, None), diagonal_ranks(full.total)[0])
+
+
+def test_local_weight_round_trips_through_save_and_load(tiny_bert, tmp_path) -> None:
+    import dataclasses
+
+    from limitr.model import LIMITR
+
+    model, img, txt = _tiny_embeddings(tiny_bert)
+    assert model.config.score_local_weight == "validate" and model.config.local_score_factor == 1.0
+    model.config = dataclasses.replace(model.config, score_local_weight=0.25)
+    model.save_pretrained(tmp_path / "m")
+    loaded = LIMITR.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.score_local_weight == 0.25
+    with torch.no_grad():
+        a, b = model.similarity(img, txt), loaded.similarity(img, txt)
+    torch.testing.assert_close(a.total, b.total, rtol=0, atol=0)
+    torch.testing.assert_close(a.total, (0.25 * a.local + a.global_) / 2, rtol=0, atol=0)
+    # 0: the global term alone; the training loss does not depend on the factor.
+    model.config = dataclasses.replace(model.config, score_local_weight=0.0)
+    with torch.no_grad():
+        assert torch.equal(model.similarity(img, txt).total, a.global_)
