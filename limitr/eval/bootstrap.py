@@ -198,3 +198,84 @@ def read_per_study_tsv(path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     except (ValueError, IndexError):
         raise LimitrError(f"{path} has a malformed row: write it again with the evaluate stage") from None
     return keys, {name: values[:, j] for j, name in enumerate(names)}
+
+
+# --- paired comparison of two runs ---------------------------------------------------------------
+
+#: The score columns of ranks.tsv: the combined score and each term alone.
+SCORES: tuple[str, ...] = ("total", "global", "local")
+
+
+def _aligned(keys_a: np.ndarray, keys_b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of A and B in the order of their common sorted study ids; a LimitrError in one line
+    when the two runs were not evaluated on the same studies."""
+    from limitr.errors import LimitrError
+
+    set_a, set_b = set(keys_a.tolist()), set(keys_b.tolist())
+    if set_a != set_b or len(set_a) != len(keys_a) or len(set_b) != len(keys_b):
+        raise LimitrError(f"the two runs' test splits differ ({what}: {len(set_a)} and {len(set_b)} studies, "
+                          f"{len(set_a & set_b)} in common): compare runs evaluated on the same split")
+    return np.argsort(keys_a, kind="stable"), np.argsort(keys_b, kind="stable")
+
+
+def _ranks_of(columns: Mapping[str, np.ndarray], score: str, folder) -> tuple[np.ndarray, np.ndarray]:
+    from limitr.errors import LimitrError
+
+    if f"i2t_{score}" not in columns:
+        raise LimitrError(f"{folder} has no ranks by the {score} score (it has: "
+                          f"{', '.join(sorted({c.split('_', 1)[1] for c in columns}))})")
+    return columns[f"i2t_{score}"], columns[f"t2i_{score}"]
+
+
+def compare_runs(folder_a, folder_b, samples: int, seed: int, score_a: str = "total", score_b: str = "total",
+                 level: float = LEVEL) -> dict:
+    """Paired differences A - B of the headline figures of two evaluated runs (their metrics
+    folders' ranks.tsv and zero_shot_margins.tsv), over the same ``samples`` draws of the
+    test studies: ``{"rows": [...], "n_studies", "n_zero_shot", "samples", "seed", "level"}``.
+    ``score_a`` / ``score_b`` pick each run's ranking (total, global or local: a run against
+    its own global score is ``compare_runs(f, f, ..., "total", "global")``). The zero-shot
+    AUROCs are compared where both runs wrote margins, over their common observations."""
+    from pathlib import Path
+
+    from limitr.errors import LimitrError
+
+    folder_a, folder_b = Path(folder_a), Path(folder_b)
+    keys_a, cols_a = read_per_study_tsv(folder_a / RANKS_FILE)
+    keys_b, cols_b = read_per_study_tsv(folder_b / RANKS_FILE)
+    if len(keys_a) == 0 or len(keys_b) == 0:
+        raise LimitrError("a run without retrieval ranks (its retrieval task did not run): nothing to compare")
+    rows_a, rows_b = _aligned(keys_a, keys_b, "retrieval")
+    ra = [r[rows_a] for r in _ranks_of(cols_a, score_a, folder_a)]
+    rb = [r[rows_b] for r in _ranks_of(cols_b, score_b, folder_b)]
+    n = len(rows_a)
+    index = draws(n, samples, seed)
+    whole = np.arange(n)[None, :]
+    point_a = {k: float(v[0]) for k, v in recall_draws(*ra, whole).items()}
+    point_b = {k: float(v[0]) for k, v in recall_draws(*rb, whole).items()}
+    rows = paired_differences(recall_draws(*ra, index), recall_draws(*rb, index), point_a, point_b, level)
+    out = {"n_studies": n, "n_zero_shot": 0}
+    margins_a, margins_b = folder_a / MARGINS_FILE, folder_b / MARGINS_FILE
+    if margins_a.is_file() and margins_b.is_file():
+        za, ma = read_per_study_tsv(margins_a)
+        zb, mb = read_per_study_tsv(margins_b)
+        names = sorted({c[: -len(":margin")] for c in ma if c.endswith(":margin")}
+                       & {c[: -len(":margin")] for c in mb if c.endswith(":margin")})
+        if names and len(za) and len(zb):
+            za_rows, zb_rows = _aligned(za, zb, "zero-shot")
+            labels = {name: ma[f"{name}:label"][za_rows] for name in names}
+            if any(not np.array_equal(labels[name], mb[f"{name}:label"][zb_rows], equal_nan=True) for name in names):
+                raise LimitrError("the two runs' zero-shot labels differ: they were not evaluated on the same split")
+            m_a = {name: ma[f"{name}:margin"][za_rows] for name in names}
+            m_b = {name: mb[f"{name}:margin"][zb_rows] for name in names}
+            nz = len(za_rows)
+            weights = counts(draws(nz, samples, seed), nz)
+            ones = np.ones((1, nz))
+            pa = {k: float(v[0]) for k, v in mean_auroc_draws(m_a, labels, ones).items()}
+            pb = {k: float(v[0]) for k, v in mean_auroc_draws(m_b, labels, ones).items()}
+            auroc = paired_differences({"auroc": mean_auroc_draws(m_a, labels, weights)["mean"]},
+                                       {"auroc": mean_auroc_draws(m_b, labels, weights)["mean"]},
+                                       {"auroc": pa["mean"]}, {"auroc": pb["mean"]}, level)
+            rows.extend(auroc)
+            out["n_zero_shot"] = nz
+    out.update(rows=rows, samples=int(samples), seed=int(seed), level=level, score_a=score_a, score_b=score_b)
+    return out
