@@ -14,8 +14,8 @@ from stages.cli import app
 
 # Each module registers one command on ``app`` when imported.
 STAGE_MODULES = ("synthesize", "sheet", "preprocess", "tokenize", "train", "embed", "evaluate")
-# Commands over a trained model (limitr/use), not DVC stages.
-USE_MODULES = ("search", "ground", "explore")
+# Commands over a trained model (limitr/use) or over evaluated runs (compare, seeds), not DVC stages.
+USE_MODULES = ("search", "ground", "explore", "compare", "seeds")
 
 for _name in (*STAGE_MODULES, *USE_MODULES):
     importlib.import_module(f"stages.{_name}")
