@@ -24,6 +24,7 @@ synthetic set at preprocess.image_size) are replicated with new study ids, in sh
 500 studies with row groups of 256, as preprocess writes them.
 
     python benchmarks/bench_data_path.py [--sizes 2000 20000] [--batches 400] [--shards data/shards]
+    python benchmarks/bench_data_path.py --quick --shards S --tokens T   # small sizes, a smoke run
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--shards", type=Path, default=ROOT / "data" / "shards")
     parser.add_argument("--tokens", type=Path, default=ROOT / "data" / "tokens")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few batches, 0 workers (a smoke run)")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: measure one set
     parser.add_argument("--one-workers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.workers, args.batches, args.batch_size, args.crop = [40, 80], [0], 2, 4, 48
     if args.one is not None:
         print(json.dumps(measure(args.one, args.one_workers, args.batches, args.batch_size, args.crop)))
         return

@@ -11,6 +11,7 @@ and the scaling of ours from 1 to 2 worker processes reading the files. Checks t
 agrees with (a): mean absolute difference under 1 grey level.
 
     python benchmarks/bench_preprocess_images.py [--images 6] [--image-size 256] [--repeats 3]
+    python benchmarks/bench_preprocess_images.py --quick     # two images, one repetition
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="two images, one repetition (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeats = 2, 1
     size = args.image_size
 
     images = [chest_jpeg(seed) for seed in range(args.images)]

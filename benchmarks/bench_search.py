@@ -13,6 +13,7 @@
 
     python benchmarks/bench_search.py                       # the default pipeline's outputs
     python benchmarks/bench_search.py --threads 2 --json out.json
+    python benchmarks/bench_search.py --quick --data DIR    # small sizes, one repetition
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def encoding_throughput(model, shards: Path, tokens: Path, raw: Path, n: int, re
         r = rows[int(dataset.study_ids[i])]
         fronts.append(image_path(raw, r["subject_id"], r["study_id"], r["frontal_dicom_id"]))
         lats.append(image_path(raw, r["subject_id"], r["study_id"], r["lateral_dicom_id"])
-                    if r["lateral_dicom_id"] and dataset._lateral[i] is not None else None)
+                    if r["lateral_dicom_id"] and dataset.image_bytes(i)[1] is not None else None)
     lateral = model.lateral
     batch = model.batch_size
 
@@ -133,7 +134,10 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=128, help="studies for the encoding throughput")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.gallery, args.vectors, args.studies, args.repeats = 50, 2000, 8, 1
     torch.set_num_threads(args.threads)
 
     from limitr.use import load, load_gallery
@@ -150,7 +154,7 @@ def main() -> None:
     print(f"query over {q['gallery']} studies ({q['regions_per_study']} regions each), global + re-rank of "
           f"{q['candidates']}: {q['best_s'] * 1000:.0f} ms best, {q['median_s'] * 1000:.0f} ms median "
           f"(text encoding {q['text_encoding_s'] * 1000:.0f} ms); target < 1000 ms")
-    out["index"] = index_figures(int(gallery.images.global_emb.shape[1]), args.vectors, 20, max(args.repeats, 20))
+    out["index"] = index_figures(int(gallery.images.global_emb.shape[1]), args.vectors, 20, 1 if args.quick else max(args.repeats, 20))
     ix = out["index"]
     print(f"global top 100 over {ix['vectors']} vectors (D={ix['dim']}) with {ix['index']}: "
           f"{ix['faiss_best_s'] * 1000:.1f} ms best, {ix['faiss_median_s'] * 1000:.1f} ms median "

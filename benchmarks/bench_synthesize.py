@@ -9,6 +9,7 @@ ground truth and tables).
     python benchmarks/bench_synthesize.py                    # 2,000 studies, 1 and 2 workers
     python benchmarks/bench_synthesize.py --n-studies 200 --workers 1 2 4
     python benchmarks/bench_synthesize.py --image-scale 1.0 --n-studies 20
+    python benchmarks/bench_synthesize.py --quick            # a few small studies, a smoke run
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true", help="a few studies (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.n_studies, args.image_scale = 6, 0.05
 
     start = time.perf_counter()
     plan = plan_dataset(args.n_studies, args.seed, args.image_scale)

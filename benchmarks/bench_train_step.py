@@ -21,6 +21,7 @@ so the ratio to "all" is what that lever is worth with the others on. Ratios are
 against the baseline of the same run: compare them, not the seconds, between machines.
 
     python benchmarks/bench_train_step.py [--steps 3] [--rounds 3] [--json out.json]
+    python benchmarks/bench_train_step.py --quick --params tiny.yaml   # a smoke run
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true",
+                        help="one round of one step, the baseline and 'all' rows only (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 1, 1
 
     import yaml
 
@@ -149,11 +154,12 @@ def main() -> None:
         data = StudyDataset(shards, tokens, "train", train_cfg.crop_size, train=True, seed=0, store_dir=Path(tmp))
         b = train_cfg.batch_size
         batches = [collate_studies([data[j] for j in range(i * b, (i + 1) * b)]).to_model_inputs("cpu")
-                   for i in range(4)]
+                   for i in range(max(1, min(4, len(data) // b)))]
     print(f"{torch.get_num_threads()} threads; native bf16 dot products: {cpu_bf16_dot_products()}; "
           f"batch {b}, {args.rounds} x {args.steps} timed steps per row (median)", flush=True)
     rows = {"baseline": set(LEVERS), "all": set()}
-    rows.update({f"all but {lever}": {lever} for lever in LEVERS})
+    if not args.quick:
+        rows.update({f"all but {lever}": {lever} for lever in LEVERS})
     contenders = {name: Contender(off, model_cfg, train_cfg) for name, off in rows.items()}
     for c in contenders.values():  # warm-up: the allocator and oneDNN's kernels
         c.steps(batches, 1, record=False)
@@ -165,7 +171,7 @@ def main() -> None:
         print(f"  {name:<24} {value:.3f} s/step", flush=True)
     base, best = figures["baseline"], figures["all"]
     print(f"all levers: {base / best:.2f}x the baseline step ({base:.3f} -> {best:.3f} s)")
-    for lever in LEVERS:
+    for lever in LEVERS if not args.quick else ():
         print(f"  {lever:<14} worth {figures[f'all but {lever}'] / best:.2f}x with the others on")
     if args.json:
         args.json.write_text(json.dumps({"seconds_per_step": figures, "speedup": base / best}, indent=2) + "\n")
