@@ -18,6 +18,7 @@ from stages.cli import app
 from stages.live import LiveCurves, live_callbacks
 from stages.common import (
     PARAMS_OPTION,
+    output_lock,
     print_table,
     progress_bar,
     resolve_device,
@@ -60,7 +61,7 @@ def train_stage(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
     """Train the model; validation r_sum picks the best epoch and drives the schedule."""
-    with stage_errors():
+    with stage_errors() as stage:
         from limitr.train.allocator import tune_allocator
 
         tune_allocator()  # before the first tensor: freed step memory stays for the next step
@@ -81,6 +82,8 @@ def train_stage(
         check_token_vocabulary(tokens_dir)
 
         ctx, dev = init_distributed(device_name)
+        if ctx.is_main:  # one writer: the main process of this run, and no other run
+            stage.enter_context(output_lock(out_dir))
         bar = progress_bar(None, "train", unit="step") if ctx.is_main else None
         callbacks = TrainCallbacks()
         if bar is not None:
