@@ -9,6 +9,7 @@ epoch curves logged with DVCLive under ``training/`` (stages/live.py). Runs unch
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,16 @@ def training_seed(train_sec: dict, base_sec: dict) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise LimitrError(f"train.seed / base.seed must be a non-negative integer, got {value!r}")
     return value
+
+
+def _close(curves, bar, ctx) -> None:
+    from limitr.train.distributed import shutdown_distributed
+
+    if curves is not None:
+        curves.close()
+    if bar is not None:
+        bar.close()
+    shutdown_distributed(ctx)
 
 
 @app.command("train")
@@ -120,12 +131,11 @@ def train_stage(
                 dist=ctx,
                 callbacks=callbacks,
             )
-        finally:
-            if curves is not None:
-                curves.close()
-            if bar is not None:
-                bar.close()
-            shutdown_distributed(ctx)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped training is the one to report
+                _close(curves, bar, ctx)
+            raise
+        _close(curves, bar, ctx)
         if ctx.is_main:
             s = result.summary
             rows = [
