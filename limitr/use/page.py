@@ -82,9 +82,16 @@ def upload_path(value) -> Optional[str]:
     return getattr(value, "path", None)
 
 
+def upload_name(value) -> str:
+    """The name the user's file had (Gradio's ``orig_name``), else the path's last part."""
+    name = value.get("orig_name") if isinstance(value, dict) else getattr(value, "orig_name", None)
+    return str(name or os.path.basename(upload_path(value) or ""))
+
+
 def read_image(explorer: Explorer, frontal, lateral, phrase: str, k: int, kind: str = "attention"):
     """(table HTML, heatmap image or None, message HTML) for the page's second tab. The
     images come as paths or as Gradio's upload payloads (:func:`upload_path`)."""
+    names = {upload_path(v): upload_name(v) for v in (frontal, lateral) if upload_path(v)}
     frontal, lateral = upload_path(frontal), upload_path(lateral)
     try:
         if not frontal:
@@ -97,7 +104,10 @@ def read_image(explorer: Explorer, frontal, lateral, phrase: str, k: int, kind: 
             heat = _pil(figure_png(panel, kind, size=4.5))
         return table, heat, "<p>reports ranked for the uploaded study</p>"
     except LimitrError as exc:
-        return "", None, _message(str(exc))
+        text = str(exc)
+        for path, name in names.items():  # the file as the user named it, not the server's copy
+            text = text.replace(path, name)
+        return "", None, _message(text)
 
 
 def build_page(explorer: Explorer, k: int = 8, kind: str = "attention"):

@@ -106,7 +106,8 @@ def test_page_shows_a_message_and_answers_the_next_upload(files, tiny_run) -> No
             reports, heat, message = read(files[name])
             grown = _peak_rss_mb() - before
             if name in REFUSED:
-                assert REFUSED[name] in message and "limitr-error" in message, message
+                assert f"{files[name].name} {REFUSED[name]}" in message and "limitr-error" in message, message
+                assert "/gradio" not in message  # the file as the user named it
                 assert not reports and heat is None
             else:
                 assert "reports ranked" in message and reports.count("<tr>") == 1 + 3, message
