@@ -17,6 +17,7 @@ A stage command looks like this::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ import typer
 import yaml
 
 from limitr.errors import LimitrError
+from limitr.files import WriteError, write_failure, writing
 from limitr.settings import Settings, check_device_string, update_section, validate_settings
 
 PARAMS_OPTION = typer.Option(
@@ -132,11 +134,40 @@ def _known_input_error(exc: BaseException) -> Optional[str]:
     return None
 
 
-@contextlib.contextmanager
-def stage_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into one line and exit code 1, no traceback."""
+def stage_name() -> str:
+    """The command being run (``train``, ``preprocess``, ...), for messages."""
     try:
-        yield
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - typer releases that use click itself
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    return ctx.info_name if ctx is not None and ctx.info_name else "limitr"
+
+
+#: What a rerun keeps after a failed write, by stage (the others write their output whole).
+AFTER_WRITE_FAILURE = {
+    "train": "finished epochs are kept: the rerun resumes after the last one",
+}
+
+
+def _write_error_line(exc: WriteError) -> str:
+    stage = stage_name()
+    kept = AFTER_WRITE_FAILURE.get(stage, "nothing half-written is left under its name")
+    return f"{stage}: {exc} ({kept})"
+
+
+@contextlib.contextmanager
+def stage_errors() -> Iterator[contextlib.ExitStack]:
+    """Turn the errors a user can fix into one line and exit code 1, no traceback. A failed
+    write (a full disk, a read-only folder) names the stage, the path and what to free.
+
+    Yields an ExitStack closed before the errors are reported: a stage holds its output
+    folder with ``stage.enter_context(output_lock(out))`` once it knows the folder."""
+    try:
+        with contextlib.ExitStack() as stack:
+            yield stack
+    except WriteError as exc:
+        fail(_write_error_line(exc))
     except LimitrError as exc:
         fail(str(exc))
     except FileNotFoundError as exc:
@@ -144,6 +175,11 @@ def stage_errors() -> Iterator[None]:
     except IsADirectoryError as exc:
         fail(f"{exc.filename or exc} is a folder where a file was expected")
     except Exception as exc:  # noqa: BLE001 - only the kinds below; anything else is a bug
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # a writer outside limitr.files: the path as the OS names it, or the working folder
+            failure = write_failure(exc, exc.filename or Path.cwd())
+            assert failure is not None
+            fail(_write_error_line(failure))
         message = _known_input_error(exc)
         if message is None:
             raise
@@ -153,15 +189,28 @@ def stage_errors() -> Iterator[None]:
         raise typer.Exit(code=130)
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove what a killed :func:`atomic_dir` left beside ``out`` (``.NAME.tmp-*`` and
+    ``.NAME.old-*``). Called under :func:`output_lock`: no live writer owns them."""
+    for leftover in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
-    """Write a folder under a temporary name beside ``out``; replace ``out`` on success only."""
+    """Write a folder under a temporary name beside ``out``; replace ``out`` on success only.
+    A write that fails (a full disk) ends as a :class:`WriteError` naming ``out``, and the
+    temporary folder is removed, so ``out`` stays as it was."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
     try:
-        yield tmp
+        with writing(out):  # a failure is classified before its partial files go
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -172,6 +221,60 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def lock_paths(out: Path) -> tuple[Path, Path]:
+    """The lock file of an output folder and the record of its holder: ``.NAME.lock`` and
+    ``.NAME.lock.owner`` beside the folder, not in it, so that DVC never hashes them into the
+    output (``persist`` outputs included) and removing the output leaves the lock alone."""
+    out = Path(out)
+    return out.parent / f".{out.name}.lock", out.parent / f".{out.name}.lock.owner"
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, stage: Optional[str] = None) -> Iterator[None]:
+    """Hold the one-writer lock of output folder ``out`` for the block.
+
+    The lock is the operating system's (``filelock``: ``flock`` on Unix), so the kernel drops
+    it when its holder dies, however it dies: a lock a killed run left behind is simply taken.
+    A folder another live process holds is refused with one line naming that process (pid,
+    host, command, since when) from the record its holder wrote. Leftover temporary folders
+    of killed runs beside ``out`` are removed once the lock is held."""
+    import datetime
+    import json
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    out = Path(out)
+    lock_file, owner_file = lock_paths(out)
+    with writing(lock_file):
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            owner = json.loads(owner_file.read_text())
+            who = (f"{owner.get('stage', 'another command')} (pid {owner.get('pid')} on "
+                   f"{owner.get('host')}, since {owner.get('since')})")
+        except (OSError, ValueError, AttributeError):
+            who = "another process (it has not recorded itself yet)"
+        raise LimitrError(
+            f"{out} is being written by {who}; wait for it to finish or stop it, "
+            f"or give this run another output folder") from None
+    try:
+        from limitr.files import write_json
+
+        write_json(owner_file, {
+            "stage": stage or stage_name(), "pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        })
+        _remove_stale_temporaries(out)
+        yield
+    finally:
+        owner_file.unlink(missing_ok=True)
+        lock.release()
 
 
 #: In a log (stderr not a terminal): a line at most every this share of the total ...

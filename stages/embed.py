@@ -18,6 +18,7 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
+    output_lock,
     print_table,
     progress_bar,
     resolve_device,
@@ -38,7 +39,7 @@ def embed_stage(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
     """Embed the test split, the grounding and class-retrieval tables and the text prompts."""
-    with stage_errors():
+    with stage_errors() as stage:
         import torch
 
         from limitr.eval.embed import EmbedSettings, load_model, model_fingerprint, plan_tasks, resolve_checkpoint
@@ -52,6 +53,7 @@ def embed_stage(
                                                       Path(cfg.out))
         size = cfg.batch_size
 
+        stage.enter_context(output_lock(out_dir))
         tasks = plan_tasks(shards_dir, tokens_dir)
         net, run_config = load_model(model_dir, dev)
         train_cfg = run_config["train"]

@@ -25,6 +25,7 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
+    output_lock,
     optional_path,
     print_table,
     progress_bar,
@@ -200,7 +201,7 @@ def evaluate_stage(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
     """Score the saved embeddings with the model's similarity and write metrics and plots."""
-    with stage_errors():
+    with stage_errors() as stage:
         from limitr.eval.embed import load_model
         from limitr.eval.evaluate import EvalSettings, plan_tasks
         from limitr.eval.plots import draw_grounding_example, draw_message, slug, write_series_tsv
@@ -219,6 +220,7 @@ def evaluate_stage(
         block, score_block = cfg.block_size, cfg.score_block
         top_k = None if rerank_top_k == 0 else cfg.rerank_top_k
 
+        stage.enter_context(output_lock(metrics_dir))
         net, run_config = load_model(model_dir, dev)
         settings = EvalSettings(
             block_size=block,

@@ -20,6 +20,7 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
+    output_lock,
     optional_path,
     print_table,
     progress_bar,
@@ -44,7 +45,7 @@ def preprocess_stage(
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="studies per Parquet file (preprocess.shard_size)"),
 ) -> None:
     """Decode, resize and pad the images, parse the reports, write one row per study."""
-    with stage_errors():
+    with stage_errors() as stage:
         from limitr.data.preprocess import (PreprocessConfig, default_workers, plan_preprocess,
                                             run_preprocess)
         from limitr.errors import LimitrError
@@ -69,6 +70,7 @@ def preprocess_stage(
             max_pixels=cfg.max_pixels,
         )
         plan = plan_preprocess(config)
+        stage.enter_context(output_lock(out_dir))
         with atomic_dir(out_dir) as tmp:
             with progress_bar(plan.n_units, "preprocess", unit="study") as bar:
                 report = run_preprocess(plan, tmp, progress=bar.update)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from stages.cli import app
-from stages.common import PARAMS_OPTION, atomic_dir, print_table, progress_bar, stage_errors, stage_settings
+from stages.common import PARAMS_OPTION, atomic_dir, output_lock, print_table, progress_bar, stage_errors, stage_settings
 
 
 @app.command()
@@ -36,7 +36,7 @@ def synthesize(
 ) -> None:
     """Generate chest radiographs, reports and labels in the MIMIC-CXR-JPG, MS-CXR and
     CheXpert 5x200 formats, with known ground truth, and print a summary."""
-    with stage_errors():
+    with stage_errors() as stage:
         settings = stage_settings(params, "synthesize", dict(
             out=out, n_studies=n_studies, fault_rate=fault_rate, image_scale=image_scale, workers=workers,
         ), base_overrides=dict(seed=seed))
@@ -46,6 +46,7 @@ def synthesize(
 
         from limitr.synthetic import generate
 
+        stage.enter_context(output_lock(out_dir))
         start = time.perf_counter()
         with progress_bar(n, "synthesize", unit="study") as bar, atomic_dir(out_dir) as tmp:
             summary = generate(tmp, n, seed_value, fault_rate=rate, image_scale=scale,

@@ -17,6 +17,7 @@ from stages.cli import app
 from stages.common import (
     PARAMS_OPTION,
     atomic_dir,
+    output_lock,
     optional_path,
     print_table,
     progress_bar,
@@ -39,7 +40,7 @@ def tokenize_stage(
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="WordPiece vocabulary size (tokenize.vocab_size)"),
 ) -> None:
     """Tokenize every report, phrase and class-retrieval text; record truncations."""
-    with stage_errors():
+    with stage_errors() as stage:
         from limitr.text import tokenizer as tokenizers
         from limitr.text.tokenize import check_shards, count_texts, tokenize_shards, training_texts
 
@@ -50,6 +51,7 @@ def tokenize_stage(
         shards_dir, out_dir, length = Path(cfg.shards), Path(cfg.out), cfg.max_length
         source = optional_path(cfg.tokenizer)
         check_shards(shards_dir)
+        stage.enter_context(output_lock(out_dir))
         if cfg.train_wordpiece:
             size = cfg.vocab_size
             tok = tokenizers.train_wordpiece(training_texts(shards_dir), vocab_size=size)

@@ -9,6 +9,7 @@ epoch curves logged with DVCLive under ``training/`` (stages/live.py). Runs unch
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,7 @@ from stages.cli import app
 from stages.live import LiveCurves, live_callbacks
 from stages.common import (
     PARAMS_OPTION,
+    output_lock,
     print_table,
     progress_bar,
     resolve_device,
@@ -43,6 +45,16 @@ def training_seed(train_sec: dict, base_sec: dict) -> int:
     return value
 
 
+def _close(curves, bar, ctx) -> None:
+    from limitr.train.distributed import shutdown_distributed
+
+    if curves is not None:
+        curves.close()
+    if bar is not None:
+        bar.close()
+    shutdown_distributed(ctx)
+
+
 @app.command("train")
 def train_stage(
     params: Path = PARAMS_OPTION,
@@ -60,7 +72,7 @@ def train_stage(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
     """Train the model; validation r_sum picks the best epoch and drives the schedule."""
-    with stage_errors():
+    with stage_errors() as stage:
         from limitr.train.allocator import tune_allocator
 
         tune_allocator()  # before the first tensor: freed step memory stays for the next step
@@ -81,6 +93,8 @@ def train_stage(
         check_token_vocabulary(tokens_dir)
 
         ctx, dev = init_distributed(device_name)
+        if ctx.is_main:  # one writer: the main process of this run, and no other run
+            stage.enter_context(output_lock(out_dir))
         bar = progress_bar(None, "train", unit="step") if ctx.is_main else None
         callbacks = TrainCallbacks()
         if bar is not None:
@@ -117,12 +131,11 @@ def train_stage(
                 dist=ctx,
                 callbacks=callbacks,
             )
-        finally:
-            if curves is not None:
-                curves.close()
-            if bar is not None:
-                bar.close()
-            shutdown_distributed(ctx)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped training is the one to report
+                _close(curves, bar, ctx)
+            raise
+        _close(curves, bar, ctx)
         if ctx.is_main:
             s = result.summary
             rows = [

@@ -52,6 +52,7 @@ import torch
 
 from limitr.data.prepare import StudyItem, crop_square, decode_grey, image_size
 from limitr.errors import LimitrError
+from limitr.files import writing
 
 #: Why a study or a token row was left out (keys of ``StudyDataset.report["skipped"]``).
 SKIP_REASONS: tuple[str, ...] = (
@@ -162,73 +163,74 @@ def _build_store(files: list[Path], tok: _Tokens, split: str, crop: int, dest: P
     n_kept = n_lateral = 0
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, STORE_SCHEMA) as writer:
-            for file_no, path in enumerate(files):
-                try:
-                    parquet = pq.ParquetFile(path)
-                    groups = range(parquet.num_row_groups)
-                except (OSError, pa.ArrowException) as exc:
-                    raise LimitrError(f"study shard {path} cannot be read ({exc}); {RERUN_PREPROCESS}") from exc
-                for group in groups:
+        with writing(dest):  # a full disk: one line naming the store, classified before cleanup
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, STORE_SCHEMA) as writer:
+                for file_no, path in enumerate(files):
                     try:
-                        table = parquet.read_row_group(group, columns=["study_id", "frontal_image", "lateral_image"])
+                        parquet = pq.ParquetFile(path)
+                        groups = range(parquet.num_row_groups)
                     except (OSError, pa.ArrowException) as exc:
-                        raise LimitrError(
-                            f"study shard {path} (row group {group}) cannot be read ({exc}); {RERUN_PREPROCESS}"
-                        ) from exc
-                    kept: dict[str, list] = {name: [] for name in STORE_SCHEMA.names}
-                    for row, (sid, front, lat) in enumerate(zip(
-                        table.column("study_id").to_pylist(),
-                        table.column("frontal_image").to_pylist(),
-                        table.column("lateral_image").to_pylist(),
-                    )):
-                        if sid in seen:
-                            skipped["duplicate_study"] += 1
-                            continue
-                        seen.add(sid)
-                        token_row = tok.row_of.get(sid)
-                        if token_row is None:
-                            skipped["no_tokens"] += 1
-                            continue
-                        used_tokens.add(sid)
-                        if not tok.has_words[token_row]:
-                            skipped["no_words"] += 1
-                            continue
-                        size = image_size(front)
-                        if size is None:
-                            skipped["frontal_unreadable"] += 1
-                            continue
-                        if min(size) < crop:
-                            skipped["frontal_smaller_than_crop"] += 1
-                            continue
-                        if lat is not None:
-                            lat_size = image_size(lat)
-                            if lat_size is None:
-                                skipped["lateral_unreadable"] += 1
-                                lat = None
-                            elif min(lat_size) < crop:
-                                skipped["lateral_smaller_than_crop"] += 1
-                                lat = None
-                        for name, value in zip(STORE_SCHEMA.names, (sid, token_row, file_no, group, row, front, lat)):
-                            kept[name].append(value)
-                        n_lateral += lat is not None
-                    if kept["study_id"]:
-                        writer.write_batch(pa.RecordBatch.from_pydict(kept, schema=STORE_SCHEMA))
-                        n_kept += len(kept["study_id"])
-        skipped["tokens_without_study"] += len(tok.row_of) - len(used_tokens)
-        skipped["duplicate_tokens"] += tok.duplicates
-        report = {
-            "split": split,
-            "studies": n_kept,
-            "with_lateral": n_lateral,
-            "skipped": {k: int(skipped[k]) for k in SKIP_REASONS},
-            "laterals_dropped": {k: int(skipped[k]) for k in LATERAL_DROP_REASONS},
-        }
-        if n_kept:
-            report_tmp = tmp.with_suffix(".json")
-            report_tmp.write_text(json.dumps(report))
-            os.replace(report_tmp, dest.with_suffix(".json"))
-            os.replace(tmp, dest)  # the store exists only once complete, after its report
+                        raise LimitrError(f"study shard {path} cannot be read ({exc}); {RERUN_PREPROCESS}") from exc
+                    for group in groups:
+                        try:
+                            table = parquet.read_row_group(group, columns=["study_id", "frontal_image", "lateral_image"])
+                        except (OSError, pa.ArrowException) as exc:
+                            raise LimitrError(
+                                f"study shard {path} (row group {group}) cannot be read ({exc}); {RERUN_PREPROCESS}"
+                            ) from exc
+                        kept: dict[str, list] = {name: [] for name in STORE_SCHEMA.names}
+                        for row, (sid, front, lat) in enumerate(zip(
+                            table.column("study_id").to_pylist(),
+                            table.column("frontal_image").to_pylist(),
+                            table.column("lateral_image").to_pylist(),
+                        )):
+                            if sid in seen:
+                                skipped["duplicate_study"] += 1
+                                continue
+                            seen.add(sid)
+                            token_row = tok.row_of.get(sid)
+                            if token_row is None:
+                                skipped["no_tokens"] += 1
+                                continue
+                            used_tokens.add(sid)
+                            if not tok.has_words[token_row]:
+                                skipped["no_words"] += 1
+                                continue
+                            size = image_size(front)
+                            if size is None:
+                                skipped["frontal_unreadable"] += 1
+                                continue
+                            if min(size) < crop:
+                                skipped["frontal_smaller_than_crop"] += 1
+                                continue
+                            if lat is not None:
+                                lat_size = image_size(lat)
+                                if lat_size is None:
+                                    skipped["lateral_unreadable"] += 1
+                                    lat = None
+                                elif min(lat_size) < crop:
+                                    skipped["lateral_smaller_than_crop"] += 1
+                                    lat = None
+                            for name, value in zip(STORE_SCHEMA.names, (sid, token_row, file_no, group, row, front, lat)):
+                                kept[name].append(value)
+                            n_lateral += lat is not None
+                        if kept["study_id"]:
+                            writer.write_batch(pa.RecordBatch.from_pydict(kept, schema=STORE_SCHEMA))
+                            n_kept += len(kept["study_id"])
+            skipped["tokens_without_study"] += len(tok.row_of) - len(used_tokens)
+            skipped["duplicate_tokens"] += tok.duplicates
+            report = {
+                "split": split,
+                "studies": n_kept,
+                "with_lateral": n_lateral,
+                "skipped": {k: int(skipped[k]) for k in SKIP_REASONS},
+                "laterals_dropped": {k: int(skipped[k]) for k in LATERAL_DROP_REASONS},
+            }
+            if n_kept:
+                report_tmp = tmp.with_suffix(".json")
+                report_tmp.write_text(json.dumps(report))
+                os.replace(report_tmp, dest.with_suffix(".json"))
+                os.replace(tmp, dest)  # the store exists only once complete, after its report
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".json").unlink(missing_ok=True)

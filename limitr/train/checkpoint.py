@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from limitr.files import write_json
+from limitr.files import write_json, writing
 from torch import nn
 
 from limitr.errors import LimitrError
@@ -59,17 +59,19 @@ def save_checkpoint(
     metrics: Optional[dict] = None,
 ) -> None:
     """``model.save_pretrained`` into ``dest``, plus ``state.pt`` and ``metrics.json`` when
-    given; the folder appears complete or not at all."""
+    given; the folder appears complete or not at all. A failed write (a full disk) raises a
+    :class:`limitr.files.WriteError` naming ``dest`` and leaves the previous ``dest`` whole."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        model.save_pretrained(tmp)
-        if state is not None:
-            torch.save(state, tmp / STATE_FILE)
-        if metrics is not None:
-            write_json(tmp / "metrics.json", metrics)
-        _replace_dir(tmp, dest)
+        with writing(dest):  # classified before the partial folder goes (the room left tells)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(tmp)
+            if state is not None:
+                torch.save(state, tmp / STATE_FILE)
+            if metrics is not None:
+                write_json(tmp / "metrics.json", metrics)
+            _replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -107,9 +109,20 @@ def load_state(folder: Path) -> Optional[dict]:
     return state
 
 
+def remove_temporaries(out: Path) -> None:
+    """Remove the half-written checkpoint folders a killed run left in ``out``
+    (``.best.tmp-*``, ``.last.old-*``, ...): they are never read, and a ``persist`` output
+    of DVC would otherwise carry them."""
+    for name in (BEST_DIR, LAST_DIR):
+        for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+            for leftover in Path(out).glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def clear_run(out: Path) -> None:
     """Remove the files a previous run left in ``out`` (only those this module writes)."""
     out = Path(out)
+    remove_temporaries(out)
     for name in RUN_FILES:
         path = out / name
         if path.is_dir():

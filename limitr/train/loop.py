@@ -137,11 +137,41 @@ def make_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.opti
         return torch.optim.Adam(groups, **kwargs)
 
 
-def _fingerprint(model_cfg: dict, train_cfg: dict, seed: int, world: int, train_ids: np.ndarray) -> dict:
-    """What must match for a checkpoint to be resumed."""
+def input_files(shards: Path, tokens: Path) -> list[Path]:
+    """The files a run reads: the train and validate shards, their token files, the tokenizer."""
+    from limitr.data.shards import split_files
+
+    files = [*split_files(shards, "train"), *split_files(shards, "validate")]
+    files += [p for p in (Path(tokens) / "train.parquet", Path(tokens) / "validate.parquet") if p.is_file()]
+    tokenizer = Path(tokens) / "tokenizer"
+    if tokenizer.is_dir():
+        files += sorted(p for p in tokenizer.rglob("*") if p.is_file())
+    return files
+
+
+def input_digest(shards: Path, tokens: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of the content (and names relative to their folder) of :func:`input_files`:
+    the same data gives the same digest wherever it lies and whatever its modification
+    times (DVC's checkout changes them). Reads the inputs once, as the image store does."""
+    h = hashlib.sha256()
+    for path in input_files(shards, tokens):
+        root = Path(shards) if Path(shards) in path.parents else Path(tokens)
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _fingerprint(model_cfg: dict, train_cfg: dict, seed: int, world: int, train_ids: np.ndarray,
+                 inputs: str = "") -> dict:
+    """What must match for a checkpoint to be resumed: the settings that shape training,
+    the seed, the process count, the training studies and the content of the input data."""
     digest = hashlib.sha256(np.ascontiguousarray(train_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
     fixed = {k: v for k, v in train_cfg.items() if k not in RESUMABLE_CHANGES}
-    return {"model": model_cfg, "train": fixed, "seed": int(seed), "world_size": int(world), "train_studies": digest}
+    return {"model": model_cfg, "train": fixed, "seed": int(seed), "world_size": int(world), "train_studies": digest,
+            "inputs": inputs}
 
 
 def _group_lr(optimizer: torch.optim.Optimizer, *names: str) -> Optional[float]:
@@ -331,7 +361,8 @@ def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path
         trainable=[p for g in optimizer.param_groups for p in g["params"]],
         train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, val_loader=val_loader,
         autocast_dtype=autocast_dtype, device=device,
-        fingerprint=_fingerprint(model_cfg.to_dict(), train_cfg.to_dict(), seed, dist.world_size, train_set.study_ids),
+        fingerprint=_fingerprint(model_cfg.to_dict(), train_cfg.to_dict(), seed, dist.world_size, train_set.study_ids,
+                                 input_digest(shards, tokens)),
     )
 
 
@@ -384,9 +415,11 @@ def restore_state(run: _Run, out: Path, resume: Optional[bool]) -> tuple[_State,
 
 def start_run_folder(out: Path, run: _Run, model_cfg: Any, train_cfg: TrainConfig, seed: int,
                      dist: DistContext, fresh: bool) -> None:
-    """Clear a previous run (when starting afresh) and write config.json and report.json."""
+    """Clear a previous run (when starting afresh; only the files this run writes), remove
+    checkpoint folders a killed run left half-written, write config.json and report.json."""
     if fresh:
         ckpt.clear_run(out)
+    ckpt.remove_temporaries(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {
         "model": model_cfg.to_dict(), "train": train_cfg.to_dict(),

@@ -145,8 +145,7 @@ class TrainedModel:
         try:
             png, geometry = prepare.process_image_file(path, self.image_size)
         except prepare.BadImage as exc:
-            what = {"missing": "does not exist", "empty": "is empty", "truncated": "is a truncated image"}
-            raise LimitrError(f"{path} {what.get(exc.reason, 'is not a readable image (JPEG or PNG)')}") from exc
+            raise bad_image_error(path, exc) from None
         grey = prepare.decode_grey(png)
         top, left = prepare.crop_offsets(grey.shape[0], grey.shape[1], self.crop_size, None)
         crop = np.ascontiguousarray(grey[top : top + self.crop_size, left : left + self.crop_size])
@@ -262,9 +261,24 @@ class TrainedModel:
         return GroundingMap(values=values, image=original_grey(image), phrase=phrase.strip(), kind=kind)
 
 
+def bad_image_error(path: PathLike, exc: "prepare.BadImage") -> LimitrError:
+    """The one line for an image file that cannot be used (what the page shows, too)."""
+    what = {"missing": "does not exist", "empty": "is empty (zero bytes)", "truncated": "is a truncated image"}
+    if exc.reason == "too_large":  # refused from its header: no pixel was decoded
+        detail = str(exc).split(": ", 1)[-1].split(", more than")[0]
+        return LimitrError(f"{path} is too large to read ({detail}; at most {prepare.MAX_PIXELS:,} pixels): "
+                           "give a downscaled copy")
+    return LimitrError(f"{path} {what.get(exc.reason, 'is not a readable image (JPEG or PNG)')}")
+
+
 def original_grey(path: PathLike) -> np.ndarray:
-    """The original image in 8-bit grey, full size."""
-    img, _, _ = prepare.decode(Path(path).read_bytes(), None, draft=False)
+    """The original image in 8-bit grey, full size (16-bit, colour and CMYK files converted)."""
+    try:
+        img, _, _ = prepare.decode(Path(path).read_bytes(), None, draft=False)
+    except prepare.BadImage as exc:
+        raise bad_image_error(path, exc) from None
+    except OSError as exc:
+        raise LimitrError(f"{path} cannot be read ({exc.strerror or exc})") from None
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -70,9 +70,29 @@ def find_images(explorer: Explorer, query: str, k: int, kind: str = "attention")
         return [], "", _message(str(exc))
 
 
-def read_image(explorer: Explorer, frontal: Optional[str], lateral: Optional[str], phrase: str, k: int,
-               kind: str = "attention"):
-    """(table HTML, heatmap image or None, message HTML) for the page's second tab."""
+def upload_path(value) -> Optional[str]:
+    """The server-side path of an upload: the page hands the image fields over unprocessed
+    (``preprocess=False``), as Gradio's file payload (a dict with ``path``), so that Gradio
+    never opens a hostile file itself (a decompression bomb, a PDF named .png, zero bytes):
+    :mod:`limitr.use.prepare` reads it, checking the pixel count from the header first."""
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, dict):
+        return value.get("path") or None
+    return getattr(value, "path", None)
+
+
+def upload_name(value) -> str:
+    """The name the user's file had (Gradio's ``orig_name``), else the path's last part."""
+    name = value.get("orig_name") if isinstance(value, dict) else getattr(value, "orig_name", None)
+    return str(name or os.path.basename(upload_path(value) or ""))
+
+
+def read_image(explorer: Explorer, frontal, lateral, phrase: str, k: int, kind: str = "attention"):
+    """(table HTML, heatmap image or None, message HTML) for the page's second tab. The
+    images come as paths or as Gradio's upload payloads (:func:`upload_path`)."""
+    names = {upload_path(v): upload_name(v) for v in (frontal, lateral) if upload_path(v)}
+    frontal, lateral = upload_path(frontal), upload_path(lateral)
     try:
         if not frontal:
             raise LimitrError("upload a frontal image first")
@@ -84,7 +104,10 @@ def read_image(explorer: Explorer, frontal: Optional[str], lateral: Optional[str
             heat = _pil(figure_png(panel, kind, size=4.5))
         return table, heat, "<p>reports ranked for the uploaded study</p>"
     except LimitrError as exc:
-        return "", None, _message(str(exc))
+        text = str(exc)
+        for path, name in names.items():  # the file as the user named it, not the server's copy
+            text = text.replace(path, name)
+        return "", None, _message(text)
 
 
 def build_page(explorer: Explorer, k: int = 8, kind: str = "attention"):
@@ -101,8 +124,9 @@ def build_page(explorer: Explorer, k: int = 8, kind: str = "attention"):
             message = gr.HTML(elem_id="search-message")
             hits = gr.Gallery(label="Hits with the finding's heatmap", columns=4, height="auto", elem_id="hits")
             table = gr.HTML(elem_id="hit-table")
-            for trigger in (button.click, query.submit):
-                trigger(lambda q, n: find_images(explorer, q, n, kind), [query, count], [hits, table, message])
+            for trigger, name in ((button.click, "find_images"), (query.submit, "find_images_on_enter")):
+                trigger(lambda q, n: find_images(explorer, q, n, kind), [query, count], [hits, table, message],
+                        api_name=name)
         with gr.Tab("Read an image"):
             with gr.Row():
                 frontal = gr.Image(type="filepath", label="Frontal image", elem_id="frontal")
@@ -116,8 +140,9 @@ def build_page(explorer: Explorer, k: int = 8, kind: str = "attention"):
             with gr.Row():
                 heat = gr.Image(label="Heatmap", type="pil", elem_id="heatmap")
                 reports = gr.HTML(elem_id="report-table")
+            # preprocess=False: the uploads reach read_image as paths Gradio never decoded
             button2.click(lambda f, l, p, n: read_image(explorer, f, l, p, n, kind), [frontal, lateral, phrase, count2],
-                          [reports, heat, message2])
+                          [reports, heat, message2], preprocess=False, api_name="read_image")
     return page
 
 

@@ -8,8 +8,8 @@ evaluation centre crop (:mod:`limitr.data.prepare`). This module is the only pla
 
 from __future__ import annotations
 
-from limitr.data.images import BadImage, Geometry, decode, process_image_bytes, process_image_file  # noqa: F401
+from limitr.data.images import MAX_PIXELS, BadImage, Geometry, decode, process_image_bytes, process_image_file  # noqa: F401
 from limitr.data.prepare import crop_offsets, decode_grey, prepare_images, trim_padding  # noqa: F401
 
-__all__ = ["BadImage", "Geometry", "crop_offsets", "decode", "decode_grey", "prepare_images", "process_image_bytes",
+__all__ = ["MAX_PIXELS", "BadImage", "Geometry", "crop_offsets", "decode", "decode_grey", "prepare_images", "process_image_bytes",
            "process_image_file", "trim_padding"]
