@@ -262,7 +262,7 @@ def test_full_disk_is_one_line_and_a_rerun_gives_the_same_outputs(stage: str, ki
             "embed": ["embed", "--out", str(out)],
             "evaluate": ["evaluate", "--metrics", str(out), "--plots", str(out / "plots")]}[stage]
     written = {"evaluate": ["retrieval.json", "class_retrieval.json", "zero_shot.json", "grounding.json",
-                            "probes.json", "summary.json", "plots"]}.get(stage)
+                            "probes.json", "summary.json", "ranks.tsv", "zero_shot_margins.tsv", "plots"]}.get(stage)
     total = _size(ref) if written is None else sum(_size(ref / n) if (ref / n).is_dir() else (ref / n).stat().st_size
                                                    for n in written)
     result, line = _on_full_disk(work, mount, max(total // 2, 8192), args,
