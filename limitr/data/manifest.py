@@ -151,7 +151,13 @@ def plan_manifest(csv: Path, root: Optional[Path] = None, columns: Optional[Mapp
             subject_id=entry["patient"], study_id=study, split=split, frontals=frontals, laterals=laterals,
             labels=labels, degraded=tuple(sorted(notes)), skip=skip,
             report=ReadyText(text, "report") if text else None))
+    splits_of: dict[int, set] = {}
+    for p in plans:
+        if p.split is not None:
+            splits_of.setdefault(p.subject_id, set()).add(p.split)
     info = {"name": "manifest", "manifest": str(csv), "images_root": str(root),
             "split_source": "manifest" if has_split else "seeded_by_patient",
-            "label_columns": label_columns}
+            "label_columns": label_columns,
+            # a manifest's own split that puts a patient in two splits leaks between them
+            "patients_in_several_splits": sorted(k for k, v in splits_of.items() if len(v) > 1)}
     return SourcePlan(plans, rows, info, [(p.subject_id, p.study_id, p.split) for p in plans if p.split])
