@@ -288,6 +288,33 @@ class EvaluateSettings(Section):
         return _null_path(value)
 
 
+class TransferSetSettings(Section):
+    model: str = Field(description="train stage output of the model's own source")
+    tokens: str = Field(description="that run's tokens folder: the model's tokenizer and token limit")
+    shards: str = Field(description="that run's shards: the model's image size")
+    target: str = Field(description="the other source's preprocess output, at the same image size")
+
+
+class TransferSettings(Section):
+    sets: dict[str, TransferSetSettings] = Field(
+        default_factory=dict, description="name -> a model and another source's shards (empty = none)")
+    out: str = Field("data/transfer", description="folder of each set's tokens and embeddings")
+    metrics: str = Field("metrics/transfer", description="folder of each set's metrics file, <name>.json")
+
+    @field_validator("sets", mode="before")
+    @classmethod
+    def _no_sets(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("sets")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
+                raise ValueError(f"set name {name!r} must be letters, digits, _ or - (it names a metrics file)")
+        return value
+
+
 class Settings(Section):
     """The whole params file. Every section is optional; a missing one takes its defaults."""
 
@@ -299,6 +326,7 @@ class Settings(Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
 
     @model_validator(mode="after")
     def _across_sections(self) -> "Settings":
