@@ -97,6 +97,11 @@ def preprocess_stage(
             ("studies", report["studies_total"]),
             ("kept", report["studies_kept"]),
         ]
+        if "source" in report:  # IU X-ray or a manifest
+            src = report["source"]
+            rows.insert(0, ("source", f"{src['name']} {src.get('layout', '')} split {src['split_fractions']}"
+                                      f" seed {src['split_seed']}".replace("  ", " ")))
+            rows += [(f"rows dropped: {k}", len(v)) for k, v in report.get("rows_dropped", {}).items()]
         rows += [(f"skipped: {k}", len(v)) for k, v in report["skipped"].items()]
         rows += [(f"degraded: {k}", len(v)) for k, v in report["degraded"].items()]
         for name, total in (("grounding", "phrases_total"), ("class_retrieval", "items_total")):
