@@ -126,7 +126,7 @@ def labels_from_mesh(terms: str) -> Optional[tuple[float, ...]]:
         for modifier in modifiers:
             if (head, modifier) in MESH_WITH_MODIFIER:
                 positive.add(MESH_WITH_MODIFIER[(head, modifier)])
-    findings = len(parts) > (1 if normal else 0) or bool(positive)
+    findings = any(t.split("/")[0].strip().lower() != "normal" for t in parts)
     values = {name: (1.0 if name in positive else 0.0) for name in CHEXPERT_LABELS}
     values["No Finding"] = 1.0 if normal and not findings else 0.0
     return tuple(values[n] for n in CHEXPERT_LABELS)

@@ -120,6 +120,7 @@ def test_mesh_mapping_and_placeholders() -> None:
     assert labels["Pneumothorax"] == labels["Pleural Effusion"] == labels["Lung Lesion"] == 1.0
     assert labels["Support Devices"] == 1.0 and labels["No Finding"] == 0.0 and labels["Edema"] == 0.0
     assert labels_from_mesh("No Indexing") is None and labels_from_mesh("") is None
+    assert dict(zip(CHEXPERT_LABELS, labels_from_mesh("normal;normal")))["No Finding"] == 1.0
     # a finding outside the table still rules out No Finding
     assert dict(zip(CHEXPERT_LABELS, labels_from_mesh("Calcified Granuloma")))["No Finding"] == 0.0
     assert remove_placeholders("No XXXX of XXXX. XXXXL stays") == ("No   of  . XXXXL stays", 2)
