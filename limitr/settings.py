@@ -70,6 +70,8 @@ class SynthesizeSettings(Section):
 
 
 class PreprocessSettings(Section):
+    source: Literal["mimic", "iu", "manifest"] = Field(
+        "mimic", description="mimic (MIMIC-CXR-JPG layout, real or synthetic) | iu (IU X-ray) | manifest (own CSV)")
     mimic_root: str = Field("data/raw/synthetic/mimic-cxr-jpg", description="MIMIC-CXR-JPG root: files/ and the csv.gz")
     reports: str = Field("data/raw/synthetic/mimic-cxr-reports.zip", description="mimic-cxr-reports.zip or its folder")
     ms_cxr: Optional[str] = Field("data/raw/synthetic/ms-cxr/MS_CXR_Local_Alignment_v1.1.0.csv",
@@ -81,11 +83,49 @@ class PreprocessSettings(Section):
     workers: Optional[int] = Field(None, ge=1, description="worker processes (null = the number of cores)")
     shard_size: int = Field(500, ge=1, description="studies per Parquet file")
     max_pixels: int = Field(100_000_000, ge=1, description="images with more pixels are skipped as image_too_large")
+    iu_root: Optional[str] = Field(None, description="IU X-ray root, Kaggle copy or Open-i release (source iu)")
+    iu_layout: Literal["auto", "kaggle", "openi"] = Field("auto", description="auto | kaggle | openi")
+    iu_images: Optional[str] = Field(None, description="IU images folder (null = images/images_normalized or NLMCXR_png)")
+    iu_projections: Optional[str] = Field(None, description="Open-i: a Kaggle indiana_projections.csv for the views")
+    manifest: Optional[str] = Field(None, description="CSV manifest, one row per image (source manifest)")
+    manifest_root: Optional[str] = Field(None, description="folder the manifest's image paths are relative to (null = its folder)")
+    manifest_columns: dict[str, str] = Field(
+        default_factory=lambda: {"study": "study_id", "patient": "patient_id", "path": "path", "view": "view",
+                                 "text": "report", "split": "split"},
+        description="the manifest's column name of each role")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train, validate, test shares of patients (IU; manifests without split)")
+    split_seed: int = Field(0, ge=0, description="seed of that patient-level split and of the class-retrieval sample")
 
-    @field_validator("ms_cxr", "class_retrieval", mode="before")
+    @field_validator("ms_cxr", "class_retrieval", "iu_root", "iu_images", "iu_projections", "manifest",
+                     "manifest_root", mode="before")
     @classmethod
     def _optional_paths(cls, value: Any) -> Any:
         return _null_path(value)
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v < 0 for v in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"must be three shares >= 0 adding up to 1, got {list(value)}")
+        return value
+
+    @field_validator("manifest_columns")
+    @classmethod
+    def _columns(cls, value: dict[str, str]) -> dict[str, str]:
+        roles = ("study", "patient", "path", "view", "text", "split")
+        unknown = sorted(set(value) - set(roles))
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles: {', '.join(roles)}")
+        return value
+
+    @model_validator(mode="after")
+    def _source_paths(self) -> "PreprocessSettings":
+        if self.source == "iu" and self.iu_root is None:
+            raise ValueError("source iu needs iu_root (the IU X-ray download)")
+        if self.source == "manifest" and self.manifest is None:
+            raise ValueError("source manifest needs manifest (the CSV)")
+        return self
 
 
 class TokenizeSettings(Section):
@@ -260,6 +300,33 @@ class EvaluateSettings(Section):
         return _null_path(value)
 
 
+class TransferSetSettings(Section):
+    model: str = Field(description="train stage output of the model's own source")
+    tokens: str = Field(description="that run's tokens folder: the model's tokenizer and token limit")
+    shards: str = Field(description="that run's shards: the model's image size")
+    target: str = Field(description="the other source's preprocess output, at the same image size")
+
+
+class TransferSettings(Section):
+    sets: dict[str, TransferSetSettings] = Field(
+        default_factory=dict, description="name -> a model and another source's shards (empty = none)")
+    out: str = Field("data/transfer", description="folder of each set's tokens and embeddings")
+    metrics: str = Field("metrics/transfer", description="folder of each set's metrics file, <name>.json")
+
+    @field_validator("sets", mode="before")
+    @classmethod
+    def _no_sets(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("sets")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
+                raise ValueError(f"set name {name!r} must be letters, digits, _ or - (it names a metrics file)")
+        return value
+
+
 class Settings(Section):
     """The whole params file. Every section is optional; a missing one takes its defaults."""
 
@@ -271,6 +338,7 @@ class Settings(Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
 
     @model_validator(mode="after")
     def _across_sections(self) -> "Settings":

@@ -13,7 +13,7 @@ except ImportError:  # pragma: no cover - typer releases that use click itself
 from stages.cli import app
 
 # Each module registers one command on ``app`` when imported.
-STAGE_MODULES = ("synthesize", "sheet", "preprocess", "tokenize", "train", "embed", "evaluate")
+STAGE_MODULES = ("synthesize", "sheet", "preprocess", "tokenize", "train", "embed", "evaluate", "transfer")
 # Commands over a trained model (limitr/use) or over evaluated runs (compare, seeds), not DVC stages.
 USE_MODULES = ("search", "ground", "explore", "compare", "seeds")
 

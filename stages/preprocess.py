@@ -1,8 +1,10 @@
-"""`limitr preprocess`: a MIMIC-CXR-JPG root (real or synthetic) to Parquet shards.
+"""`limitr preprocess`: a MIMIC-CXR-JPG root (real or synthetic), an IU X-ray root or a CSV
+manifest (``preprocess.source``) to Parquet shards.
 
 Reads the ``preprocess`` section. Writes ``--out`` atomically: ``{train,validate,test}/
 part-NNNNN.parquet``, ``grounding.parquet`` and ``class_retrieval.parquet`` when their CSVs
-are given, and ``report.json`` (every skipped or degraded study, by reason).
+are given, and ``report.json`` (every skipped or degraded study, by reason). For IU and
+manifests also ``class_retrieval.parquet`` (built from the test split) and ``split.csv``.
 
 Several jobs can share the work with ``--num-shards K --shard-index I`` (by patient), each
 writing its own ``--out``; their part files have disjoint names, so copying the split
@@ -27,12 +29,15 @@ from stages.common import (
     stage_errors,
     stage_settings,
 )
-from limitr.files import write_json
+from limitr.files import write_atomic, write_json
 
 
 @app.command("preprocess")
 def preprocess_stage(
     params: Path = PARAMS_OPTION,
+    source: Optional[str] = typer.Option(None, help="mimic | iu | manifest (preprocess.source)"),
+    iu_root: Optional[Path] = typer.Option(None, "--iu-root", help="IU X-ray root, Kaggle or Open-i (preprocess.iu_root)"),
+    manifest: Optional[Path] = typer.Option(None, help="CSV manifest, one row per image (preprocess.manifest)"),
     mimic_root: Optional[Path] = typer.Option(None, "--mimic-root", help="folder with files/ and the csv.gz files (preprocess.mimic_root)"),
     reports: Optional[Path] = typer.Option(None, help="mimic-cxr-reports.zip or its extracted folder (preprocess.reports)"),
     out: Optional[Path] = typer.Option(None, help="output folder (preprocess.out)"),
@@ -48,9 +53,11 @@ def preprocess_stage(
     with stage_errors() as stage:
         from limitr.data.preprocess import (PreprocessConfig, default_workers, plan_preprocess,
                                             run_preprocess)
+        from limitr.data.sources import split_csv
         from limitr.errors import LimitrError
 
         cfg = stage_settings(params, "preprocess", dict(
+            source=source, iu_root=iu_root, manifest=manifest,
             mimic_root=mimic_root, reports=reports, out=out, image_size=image_size, workers=workers,
             ms_cxr=ms_cxr, class_retrieval=class_retrieval, shard_size=shard_size,
         )).preprocess
@@ -68,6 +75,16 @@ def preprocess_stage(
             ms_cxr=optional_path(cfg.ms_cxr),
             class_retrieval=optional_path(cfg.class_retrieval),
             max_pixels=cfg.max_pixels,
+            source=cfg.source,
+            iu_root=optional_path(cfg.iu_root),
+            iu_layout=cfg.iu_layout,
+            iu_images=optional_path(cfg.iu_images),
+            iu_projections=optional_path(cfg.iu_projections),
+            manifest=optional_path(cfg.manifest),
+            manifest_root=optional_path(cfg.manifest_root),
+            manifest_columns=tuple(cfg.manifest_columns.items()),
+            split_fractions=tuple(cfg.split_fractions),
+            split_seed=cfg.split_seed,
         )
         plan = plan_preprocess(config)
         stage.enter_context(output_lock(out_dir))
@@ -75,11 +92,18 @@ def preprocess_stage(
             with progress_bar(plan.n_units, "preprocess", unit="study") as bar:
                 report = run_preprocess(plan, tmp, progress=bar.update)
             write_json(tmp / "report.json", report)
+            if plan.source_info is not None and shard_index == 0:
+                write_atomic(tmp / "split.csv", split_csv(plan.split_rows))
 
         rows: list[tuple[str, object]] = [
             ("studies", report["studies_total"]),
             ("kept", report["studies_kept"]),
         ]
+        if "source" in report:  # IU X-ray or a manifest
+            src = report["source"]
+            rows.insert(0, ("source", f"{src['name']} {src.get('layout', '')} split {src['split_fractions']}"
+                                      f" seed {src['split_seed']}".replace("  ", " ")))
+            rows += [(f"rows dropped: {k}", len(v)) for k, v in report.get("rows_dropped", {}).items()]
         rows += [(f"skipped: {k}", len(v)) for k, v in report["skipped"].items()]
         rows += [(f"degraded: {k}", len(v)) for k, v in report["degraded"].items()]
         for name, total in (("grounding", "phrases_total"), ("class_retrieval", "items_total")):

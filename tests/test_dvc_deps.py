@@ -71,7 +71,8 @@ def _stages() -> list[tuple[str, str, dict]]:
     out = []
     for pipeline in PIPELINES:
         for name, stage in yaml.safe_load(pipeline.read_text())["stages"].items():
-            out.append((pipeline.relative_to(REPO).as_posix(), name, stage))
+            # a foreach stage's body is under do:
+            out.append((pipeline.relative_to(REPO).as_posix(), name, stage.get("do", stage)))
     return out
 
 

@@ -19,7 +19,7 @@ def _load(name: str) -> dict:
     return yaml.safe_load((REPO / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml", "params-iu.yaml"])
 def test_params_files_validate(name: str) -> None:
     settings = validate_settings(_load(name), name)
     assert isinstance(settings, Settings)

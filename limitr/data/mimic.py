@@ -87,10 +87,21 @@ class ImageRef:
     view: str  # PA, AP, LATERAL or LL
     study_date: float  # YYYYMMDD (shifted); inf when missing, so it sorts last
     study_time: float  # HHMMSS.fff; inf when missing
+    path: Optional[str] = None  # the image file, for sources other than MIMIC-CXR (resolved at planning)
 
     @property
     def sort_key(self) -> tuple[float, float, str]:
         return (self.study_date, self.study_time, self.dicom_id)
+
+
+@dataclass(frozen=True)
+class ReadyText:
+    """A study's report as a source other than MIMIC-CXR gives it: already split and cleaned."""
+
+    text: str  # the model text (cleaned, lower case)
+    text_source: str  # findings+impression | findings | impression | report
+    findings: Optional[str] = None
+    impression: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,7 @@ class StudyPlan:
     labels: tuple[Optional[float], ...]  # the 14 CheXpert labels, None = not mentioned
     degraded: tuple[str, ...] = ()
     skip: Optional[str] = None
+    report: Optional[ReadyText] = None  # set by the IU and manifest readers; MIMIC reads report files
 
 
 def find_csv(root: Path, name: str) -> Path:

@@ -1,4 +1,13 @@
-"""A MIMIC-CXR-JPG root (real or synthetic) to Parquet shards, in parallel and streaming.
+"""A MIMIC-CXR-JPG root (real or synthetic), an IU X-ray root or a CSV manifest to Parquet
+shards, in parallel and streaming.
+
+Each source has one reader that plans :class:`~limitr.data.mimic.StudyPlan` records
+(:mod:`limitr.data.mimic`, :mod:`limitr.data.iu`, :mod:`limitr.data.manifest`); everything
+after planning is shared. For IU and manifests report.json adds a ``source`` section (layout,
+view source, placeholders removed, split fractions and seed), the class-retrieval table is
+built from the test split (:func:`limitr.data.sources.class_items_from_test`), and the stage
+writes ``split.csv`` (patient_id, study_id, split). The bad-record names of those readers are
+listed in their modules.
 
 ``plan_preprocess`` reads the metadata and plans every study (no image is touched);
 ``run_preprocess`` hands the studies to worker processes in a bounded window (memory does
@@ -85,6 +94,20 @@ class PreprocessConfig:
     ms_cxr: Optional[Path] = None
     class_retrieval: Optional[Path] = None
     max_pixels: int = MAX_PIXELS
+    #: mimic (MIMIC-CXR-JPG layout, real or synthetic) | iu (IU X-ray, either layout) | manifest
+    source: str = default_of("preprocess", "source")
+    iu_root: Optional[Path] = None
+    iu_layout: str = default_of("preprocess", "iu_layout")
+    iu_images: Optional[Path] = None
+    iu_projections: Optional[Path] = None
+    manifest: Optional[Path] = None
+    manifest_root: Optional[Path] = None
+    manifest_columns: tuple[tuple[str, str], ...] = ()
+    split_fractions: tuple[float, float, float] = default_of("preprocess", "split_fractions")
+    split_seed: int = default_of("preprocess", "split_seed")
+
+
+SOURCES: tuple[str, ...] = ("mimic", "iu", "manifest")
 
 
 @dataclass
@@ -96,6 +119,9 @@ class PreprocessPlan:
     grounding: list[tables.GroundingTask] = field(default_factory=list)
     class_items: list[tables.ClassItemTask] = field(default_factory=list)
     rows: RowReport = field(default_factory=RowReport)
+    #: sources other than MIMIC-CXR: report.json's ``source`` section and the split file rows
+    source_info: Optional[dict[str, Any]] = None
+    split_rows: list[tuple[int, int, str]] = field(default_factory=list)
 
     @property
     def n_units(self) -> int:
@@ -111,6 +137,8 @@ def plan_preprocess(config: PreprocessConfig) -> PreprocessPlan:
         raise LimitrError(
             f"--shard-index must be in [0, --num-shards); got {config.shard_index} of {config.num_shards}"
         )
+    if config.source != "mimic":
+        return _plan_other_source(config)
     root = Path(config.mimic_root)
     all_studies, rows = plan_studies_and_rows(root)
     ReportSource(Path(config.reports))  # validates the zip or folder now: a fatal error early
@@ -124,6 +152,38 @@ def plan_preprocess(config: PreprocessConfig) -> PreprocessPlan:
             plan.grounding = tables.plan_grounding(Path(config.ms_cxr), root, ids_of)
         if config.class_retrieval is not None:
             plan.class_items = tables.plan_class_items(Path(config.class_retrieval), root, ids_of)
+    return plan
+
+
+def _plan_other_source(config: PreprocessConfig) -> PreprocessPlan:
+    """IU X-ray or a manifest: the reader's plans; the class-retrieval table from the test
+    split (part 0 only). MS-CXR and a CheXpert 5x200 CSV belong to MIMIC-CXR and are not read."""
+    from limitr.data import iu, manifest, sources
+
+    if config.source == "iu":
+        if config.iu_root is None:
+            raise LimitrError("preprocess.source is iu but preprocess.iu_root is not set (the IU X-ray download)")
+        found = iu.plan_iu(Path(config.iu_root), config.iu_layout, config.iu_images, config.iu_projections,
+                           config.split_fractions, config.split_seed)
+        root = Path(config.iu_root)
+    elif config.source == "manifest":
+        if config.manifest is None:
+            raise LimitrError("preprocess.source is manifest but preprocess.manifest is not set (the CSV)")
+        found = manifest.plan_manifest(Path(config.manifest), config.manifest_root,
+                                       dict(config.manifest_columns), config.split_fractions, config.split_seed)
+        root = Path(config.manifest_root) if config.manifest_root is not None else Path(config.manifest).parent
+    else:
+        raise LimitrError(f"preprocess.source {config.source!r} is not one of {', '.join(SOURCES)}")
+    info = dict(found.info)
+    ignored = [name for name, value in (("ms_cxr", config.ms_cxr), ("class_retrieval", config.class_retrieval))
+               if value is not None]
+    if ignored:
+        info["ignored_settings"] = ignored
+    info.update(split_fractions=list(config.split_fractions), split_seed=config.split_seed)
+    studies = [p for p in found.studies if p.subject_id % config.num_shards == config.shard_index]
+    plan = PreprocessPlan(config, studies, rows=found.rows, source_info=info, split_rows=found.split_rows)
+    if config.shard_index == 0:
+        plan.class_items = sources.class_items_from_test(found.studies, root, config.split_seed)
     return plan
 
 
@@ -157,9 +217,9 @@ def _first_usable(refs: Sequence[ImageRef], plan: StudyPlan, ctx: _WorkerContext
     failures: list[str] = []
     for ref in refs:
         try:
-            png, geometry = process_image_file(
-                image_path(ctx.root, plan.subject_id, plan.study_id, ref.dicom_id), ctx.image_size,
-                max_pixels=ctx.max_pixels)
+            path = Path(ref.path) if ref.path is not None else image_path(
+                ctx.root, plan.subject_id, plan.study_id, ref.dicom_id)
+            png, geometry = process_image_file(path, ctx.image_size, max_pixels=ctx.max_pixels)
         except BadImage as exc:
             failures.append(exc.reason)
             continue
@@ -172,16 +232,20 @@ def process_study(plan: StudyPlan, ctx: _WorkerContext) -> Outcome:
     if plan.skip:
         return Outcome(plan.study_id, None, plan.skip)
     degraded = set(plan.degraded)
-    raw, skip, notes = read_report_text(ctx.reports, plan.subject_id, plan.study_id)
-    if raw is None:
-        return Outcome(plan.study_id, None, skip)
-    degraded.update(notes)
-    parsed = parse_report(raw)
-    text = parsed.model_text
-    if not text:
-        return Outcome(plan.study_id, None, "report_no_text")
-    if parsed.text_source == "last_paragraph":
-        degraded.add("text_from_last_paragraph")
+    if plan.report is not None:  # IU and manifest sources: the reader prepared the text
+        parsed = plan.report
+        text = parsed.text
+    else:
+        raw, skip, notes = read_report_text(ctx.reports, plan.subject_id, plan.study_id)
+        if raw is None:
+            return Outcome(plan.study_id, None, skip)
+        degraded.update(notes)
+        parsed = parse_report(raw)
+        text = parsed.model_text
+        if not text:
+            return Outcome(plan.study_id, None, "report_no_text")
+        if parsed.text_source == "last_paragraph":
+            degraded.add("text_from_last_paragraph")
 
     frontal, failures = _first_usable(plan.frontals, plan, ctx)
     if frontal is None:
@@ -291,7 +355,8 @@ def run_preprocess(plan: PreprocessPlan, out: Path, progress: ProgressFn = None)
     those tables were made."""
     cfg = plan.config
     out = Path(out)
-    init_args = (Path(cfg.mimic_root), ReportSource(Path(cfg.reports)), cfg.image_size, cfg.max_pixels)
+    reports = ReportSource(Path(cfg.reports)) if cfg.source == "mimic" else None
+    init_args = (Path(cfg.mimic_root), reports, cfg.image_size, cfg.max_pixels)
     units: list[Any] = [*plan.studies, *plan.grounding, *plan.class_items]
     n_studies, n_grounding = len(plan.studies), len(plan.grounding)
     number_of: Callable[[int], int] = lambda k: k * cfg.num_shards + cfg.shard_index
@@ -327,8 +392,12 @@ def run_preprocess(plan: PreprocessPlan, out: Path, progress: ProgressFn = None)
         report.update(plan.rows.as_dict())
     if cfg.ms_cxr is not None and cfg.shard_index == 0:
         report["grounding"] = grounding.as_dict("phrases_total", "phrases_kept")
-    if cfg.class_retrieval is not None and cfg.shard_index == 0:
+    if cfg.class_retrieval is not None and cfg.shard_index == 0 and cfg.source == "mimic":
         report["class_retrieval"] = class_items.as_dict("items_total", "items_kept")
+    if plan.source_info is not None:  # IU and manifest: the source, and the table built from test
+        if cfg.shard_index == 0:
+            report["class_retrieval"] = class_items.as_dict("items_total", "items_kept")
+        report["source"] = plan.source_info
     return report
 
 
@@ -355,6 +424,8 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for r in reports:  # written by part 0 only
         if "rows_read" in r:
             merged.update({k: r[k] for k in ("rows_read", "rows_used", "rows_dropped")})
+        if "source" in r and "source" not in merged:
+            merged["source"] = r["source"]
     return merged
 
 

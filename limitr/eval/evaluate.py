@@ -162,6 +162,20 @@ def _block_ranks(total: torch.Tensor, block_size: int) -> tuple[torch.Tensor, to
 # --- class retrieval --------------------------------------------------------------------
 
 
+def _class_table_source(shards: Path, paths: list) -> str:
+    """What the class-retrieval table was built from: the source named in the shards'
+    report.json (IU X-ray, a manifest: built from their test split), else by its paths."""
+    report = Path(shards) / "report.json"
+    if report.is_file():
+        try:
+            name = (json.loads(report.read_text()).get("source") or {}).get("name")
+        except (OSError, ValueError):
+            name = None
+        if name in ("iu", "manifest"):
+            return f"{'IU X-ray' if name == 'iu' else 'manifest'} 5x200 (test split)"
+    return "MIMIC-CXR 5x200" if paths and str(paths[0]).startswith("files/") else "CheXpert 5x200"
+
+
 def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSettings,
                     progress: ProgressFn = None) -> ClassRetrievalResult:
     """Precision@K of the 5x200 table, text-to-image (class prompts) and image-to-text
@@ -184,7 +198,7 @@ def class_retrieval(model, embeddings: Path, shards: Path, settings: EvalSetting
     max_k = min(settings.curve_max_k, len(img_keys))
     curve = M.precision_at_k(per_class.T, positive.T, range(1, max_k + 1))
     out = ClassRetrievalResult(
-        source="MIMIC-CXR 5x200" if paths and str(paths[0]).startswith("files/") else "CheXpert 5x200",
+        source=_class_table_source(Path(shards), paths),
         n_images=int(len(img_keys)),
         n_per_class={c: int(sum(1 for k in item_class if k == c)) for c in classes},
         t2i=M.class_precision(per_class.T, positive.T, classes, classes, settings.precision_ks),

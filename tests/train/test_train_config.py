@@ -17,7 +17,7 @@ from train_data_factory import tiny_model_dict
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "params-paper.yaml", "params-iu.yaml"])
 def test_params_files_parse(name: str) -> None:
     params = yaml.safe_load((REPO / name).read_text())
     cfg = TrainConfig.from_dict(params["train"])
@@ -35,11 +35,23 @@ def test_paper_preset_holds_the_paper_settings() -> None:
     assert model["image_backbone"] == "resnet50" and model["embed_dim"] == 768
     assert model["text_encoder"] == params["tokenize"]["tokenizer"] == "emilyalsentzer/Bio_ClinicalBERT"
     assert params["preprocess"]["image_size"] == 256
+    _complete(params, "params-paper.yaml")
+
+
+def _complete(params: dict, name: str) -> None:
     default = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in default.items():  # a complete params file, key for key
         assert set(params.get(section) or {}) == set(values), (
-            f"params-paper.yaml section {section} differs in keys from params.yaml: bring them in line"
+            f"{name} section {section} differs in keys from params.yaml: bring them in line"
         )
+
+
+def test_iu_preset_is_complete_and_reads_iu() -> None:
+    params = yaml.safe_load((REPO / "params-iu.yaml").read_text())
+    _complete(params, "params-iu.yaml")
+    pre = params["preprocess"]
+    assert pre["source"] == "iu" and pre["ms_cxr"] is None and pre["class_retrieval"] is None
+    assert params["evaluate"]["ground_truth"] is None and params["model"]["image_weights"] is None
 
 
 def test_bad_train_values_say_which_key() -> None:
