@@ -81,6 +81,13 @@ def seeds_command(
             raise LimitrError("--queue-only and --summarise exclude each other")
         if not summarise_only:
             commands = queue_commands(name, range(first, first + n), sets or [])
+            params = Path("params.yaml")
+            if params.is_file() and sets:
+                import yaml
+
+                from limitr.eval.seeds import check_settings
+
+                check_settings(yaml.safe_load(params.read_text()) or {}, sets)
             if not queue_only:
                 commands.append(RUN_QUEUE)
             for argv in commands:

@@ -25,7 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from test_pipeline_e2e import TINY, _tracked_files
+from test_pipeline_e2e import tiny_repo
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -104,17 +104,7 @@ def killed_and_resumed(tmp_path_factory):
     """A tiny pipeline whose `dvc repro` is killed (SIGKILL, whole process group) once
     training has finished an epoch, then rerun to the end; and a training of the same
     settings without interruption into another folder."""
-    work = tmp_path_factory.mktemp("faults") / "repo"
-    for rel in _tracked_files():
-        dest = work / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest)
-    (work / "data").mkdir(exist_ok=True)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    for sec, values in TINY.items():
-        params[sec].update(values)
-    params["train"]["epochs"] = EPOCHS
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    work = tiny_repo(tmp_path_factory.mktemp("faults") / "repo", epochs=EPOCHS)
     _run(["git", "init", "-q"], work)
     _run(["git", "add", "-A"], work)
     _run(["git", "commit", "-qm", "copy"], work)

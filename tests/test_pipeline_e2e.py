@@ -40,19 +40,25 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.slow
-def test_dvc_repro_on_tiny_synthetic(tmp_path: Path) -> None:
-    work = tmp_path / "repo"
+def tiny_repo(work: Path, **train: object) -> Path:
+    """A copy of the repository's files in ``work`` with params.yaml shrunk to TINY (and
+    ``train`` settings on top); data/ empty, no git yet."""
     for rel in _tracked_files():
         dest = work / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dest)
     (work / "data").mkdir(exist_ok=True)
-
     params = yaml.safe_load((work / "params.yaml").read_text())
     for sec, values in TINY.items():
         params[sec].update(values)
+    params["train"].update(train)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_tiny_synthetic(tmp_path: Path) -> None:
+    work = tiny_repo(tmp_path / "repo")
 
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

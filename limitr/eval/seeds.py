@@ -42,6 +42,29 @@ def queue_commands(name: str, seeds: Sequence[int], sets: Sequence[str] = ()) ->
     return commands
 
 
+def check_settings(params: Mapping[str, Any], sets: Sequence[str], source: str = "params.yaml") -> None:
+    """Refuse, in one line, ``-S section.key=value`` settings that ``params`` (a params file's
+    contents) would not validate with: a misspelt key fails here, before any experiment is
+    queued, instead of in every queued run. Values are read as YAML, as ``dvc exp run -S`` does."""
+    import copy
+
+    import yaml
+
+    from limitr.settings import validate_settings
+
+    data = copy.deepcopy(dict(params or {}))
+    for item in sets:
+        key, _, text = item.partition("=")
+        *path, leaf = key.strip().split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise LimitrError(f"-S {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    validate_settings(data, f"{source} with -S {' -S '.join(sets)}")
+
+
 def _states(document: Any) -> Iterator[Mapping[str, Any]]:
     """Every experiment state of a ``dvc exp show --json`` document, baselines included."""
     for state in document if isinstance(document, list) else []:

@@ -119,3 +119,20 @@ def test_seeds_summarise_command(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "t.json").read_text())["name"] == "nolateral"
     result = runner.invoke(app, ["seeds", "--name", "absent", "--summarise", "--exp-json", str(EXP_SHOW)])
     assert result.exit_code == 1 and "no finished experiment" in result.output
+
+
+def test_seed_settings_are_checked_before_anything_is_queued() -> None:
+    import yaml
+
+    from limitr.errors import LimitrError
+    from limitr.eval.seeds import check_settings
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    check_settings(params, ["model.lateral=false", "train.epochs=2", "model.image_weights=null"])
+    with pytest.raises(LimitrError, match="unknown key model.lateraal; did you mean lateral"):
+        check_settings(params, ["model.lateraal=false"])
+    with pytest.raises(LimitrError, match="model.lateral"):
+        check_settings(params, ["model.lateral=maybe"])
+    with pytest.raises(LimitrError, match="train.epochs"):
+        check_settings(params, ["train.epochs=0"])
+    assert params["model"]["lateral"] is True  # the params read are left as they were
