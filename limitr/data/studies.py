@@ -3,7 +3,7 @@
 What lives in memory is an index and the token matrices, not the images: per kept study its
 study_id, where it came from (shard file, row group, row), its token row and the file offset
 and length of its two images in the image store, with the token matrices in the narrowest
-integer types that hold them (about 1 KB per study with the default 97 tokens). The image
+integer types that hold them (about 0.5 KB per study with the default 97 tokens). The image
 bytes of the kept studies are copied once, at construction, into the image store: an
 uncompressed Arrow IPC file. A study's PNG bytes are then one positioned read (``os.pread``)
 of the store: the pages come from the kernel's page cache, which every DataLoader worker and
@@ -127,7 +127,12 @@ def _file_key(paths: list[Path], crop_size: int) -> str:
 
 
 class _Tokens:
-    """A split's token shard: matrices and study_id -> first row."""
+    """A split's token shard: matrices and study_id -> first row.
+
+    Memory per token row: the three matrices in their narrowest types (about 400 bytes with 97
+    tokens), a flag and two int64 of the sorted id index: no Python object per row, so a split
+    of MIMIC-CXR's size costs about 0.1 GB here, whatever the allocator keeps.
+    """
 
     def __init__(self, path: Path, split: str, batch_rows: int = 8192) -> None:
         names = ("input_ids", "attention_mask", "word_ids")
@@ -137,6 +142,7 @@ class _Tokens:
                 parts["study_id"].append(np.asarray(batch.column(0), dtype=np.int64))
                 for i, name in enumerate(names, start=1):
                     parts[name].append(_token_matrix(pa.chunked_array([batch.column(i)]), name, split))
+                del batch
         except (OSError, pa.ArrowException) as exc:
             raise LimitrError(f"token shard {path} cannot be read ({exc}); re-run the tokenize stage") from exc
         for name in names:
@@ -144,22 +150,53 @@ class _Tokens:
                 raise LimitrError(
                     f"token shard {split}: rows of '{name}' have different lengths; re-run the tokenize stage"
                 )
-        ids = np.concatenate(parts["study_id"]) if parts["study_id"] else np.zeros(0, np.int64)
+        ids = np.concatenate(parts.pop("study_id")) if parts["study_id"] else np.zeros(0, np.int64)
         self.input_ids, self.attention, self.word_ids = (
-            np.concatenate(parts[name]) if parts[name] else np.zeros((0, 0), np.int8) for name in names
+            _concatenate(parts.pop(name)) for name in names
         )
         self.has_words = (self.word_ids >= 0).any(axis=1)
-        unique, first = np.unique(ids, return_index=True)
-        self.row_of = dict(zip(unique.tolist(), first.tolist()))
-        self.duplicates = len(ids) - len(unique)
+        # study_id -> first row: the sorted unique ids and their first rows (np.unique is stable)
+        self._ids, self._first = np.unique(ids, return_index=True)
+        self.duplicates = len(ids) - len(self._ids)
+
+    def __len__(self) -> int:
+        """The number of distinct study ids."""
+        return len(self._ids)
+
+    def rows_of(self, study_ids: np.ndarray) -> np.ndarray:
+        """The first token row of each study id, -1 where the shard has none."""
+        study_ids = np.asarray(study_ids, dtype=np.int64)
+        if not len(self._ids):
+            return np.full(len(study_ids), -1, np.int64)
+        at = np.minimum(np.searchsorted(self._ids, study_ids), len(self._ids) - 1)
+        return np.where(self._ids[at] == study_ids, self._first[at], -1)
+
+
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """One matrix from the batches' (one copy at a time: the parts are freed as they go)."""
+    if not parts:
+        return np.zeros((0, 0), np.int8)
+    if len(parts) == 1:
+        return parts[0]
+    dtype = np.result_type(*parts)
+    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), dtype)
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        out[start : start + len(part)] = part
+        start += len(part)
+    return out
 
 
 def _build_store(files: list[Path], tok: _Tokens, split: str, crop: int, dest: Path) -> dict:
     """Join ``files`` with the tokens row group by row group (memory: one row group), write the
     kept studies' images to ``dest`` (temporary name, then rename) and return the report."""
     skipped: Counter[str] = Counter()
-    seen: set[int] = set()
-    used_tokens: set[int] = set()
+    # Which study ids were met already, without a Python object per study: a flag per token
+    # row for the studies with tokens, a set only for those without (left out anyway, rare).
+    seen_rows = np.zeros(len(tok.input_ids), dtype=bool)
+    seen_without: set[int] = set()
+    used_tokens = 0
     n_kept = n_lateral = 0
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -167,32 +204,37 @@ def _build_store(files: list[Path], tok: _Tokens, split: str, crop: int, dest: P
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, STORE_SCHEMA) as writer:
                 for file_no, path in enumerate(files):
                     try:
-                        parquet = pq.ParquetFile(path)
+                        parquet = pq.ParquetFile(path, pre_buffer=False)
                         groups = range(parquet.num_row_groups)
                     except (OSError, pa.ArrowException) as exc:
                         raise LimitrError(f"study shard {path} cannot be read ({exc}); {RERUN_PREPROCESS}") from exc
                     for group in groups:
                         try:
-                            table = parquet.read_row_group(group, columns=["study_id", "frontal_image", "lateral_image"])
+                            table = parquet.read_row_group(
+                                group, columns=["study_id", "frontal_image", "lateral_image"], use_threads=False)
                         except (OSError, pa.ArrowException) as exc:
                             raise LimitrError(
                                 f"study shard {path} (row group {group}) cannot be read ({exc}); {RERUN_PREPROCESS}"
                             ) from exc
                         kept: dict[str, list] = {name: [] for name in STORE_SCHEMA.names}
-                        for row, (sid, front, lat) in enumerate(zip(
-                            table.column("study_id").to_pylist(),
-                            table.column("frontal_image").to_pylist(),
-                            table.column("lateral_image").to_pylist(),
-                        )):
-                            if sid in seen:
+                        sids = table.column("study_id").to_numpy()
+                        token_rows = tok.rows_of(sids).tolist()
+                        fronts = table.column("frontal_image")
+                        lats = table.column("lateral_image")
+                        for row, (sid, token_row) in enumerate(zip(sids.tolist(), token_rows)):
+                            if token_row < 0:
+                                if sid in seen_without:
+                                    skipped["duplicate_study"] += 1
+                                else:
+                                    seen_without.add(sid)
+                                    skipped["no_tokens"] += 1
+                                continue
+                            if seen_rows[token_row]:
                                 skipped["duplicate_study"] += 1
                                 continue
-                            seen.add(sid)
-                            token_row = tok.row_of.get(sid)
-                            if token_row is None:
-                                skipped["no_tokens"] += 1
-                                continue
-                            used_tokens.add(sid)
+                            seen_rows[token_row] = True
+                            used_tokens += 1
+                            front, lat = fronts[row].as_py(), lats[row].as_py()  # one study's bytes at a time
                             if not tok.has_words[token_row]:
                                 skipped["no_words"] += 1
                                 continue
@@ -217,7 +259,8 @@ def _build_store(files: list[Path], tok: _Tokens, split: str, crop: int, dest: P
                         if kept["study_id"]:
                             writer.write_batch(pa.RecordBatch.from_pydict(kept, schema=STORE_SCHEMA))
                             n_kept += len(kept["study_id"])
-            skipped["tokens_without_study"] += len(tok.row_of) - len(used_tokens)
+                        del table, fronts, lats, kept
+            skipped["tokens_without_study"] += len(tok) - used_tokens
             skipped["duplicate_tokens"] += tok.duplicates
             report = {
                 "split": split,
@@ -324,10 +367,10 @@ class StudyDataset(torch.utils.data.Dataset):
                 raise
             self.report = _build_store(self.files, tok, split, self.crop_size, self.store_path)  # damaged: anew
             self._open_store()
-        rows = self._index["token_row"]
-        self._input_ids = tok.input_ids[rows]
-        self._attention = tok.attention[rows]
-        self._word_ids = tok.word_ids[rows]
+        # The token matrices stay as read (no second copy in study order): a study's row is
+        # looked up through the store's token_row column.
+        self._token_rows = self._index["token_row"]
+        self._input_ids, self._attention, self._word_ids = tok.input_ids, tok.attention, tok.word_ids
 
     def _open_store(self) -> None:
         """Read the store's index columns and the file position of every image; keep a file
@@ -358,6 +401,12 @@ class StudyDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.study_ids)
+
+    def resident_bytes(self) -> int:
+        """The bytes this dataset holds in memory for its studies: the index, the image
+        positions and the token matrices (the images stay in the store file)."""
+        arrays = [*self._index.values(), *self._spans.values(), self._input_ids, self._attention, self._word_ids]
+        return int(sum(a.nbytes for a in arrays))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random crops ``__getitem__`` draws (set before iterating)."""
@@ -395,6 +444,7 @@ class StudyDataset(torch.utils.data.Dataset):
             epoch, index = index
         index = int(index)
         rng = np.random.default_rng((self.seed, int(epoch), index)) if self.train else None
+        row = int(self._token_rows[index])
         frontal_bytes, lateral_bytes = self.image_bytes(index)
         try:
             frontal = self._crop(frontal_bytes, rng)
@@ -410,9 +460,9 @@ class StudyDataset(torch.utils.data.Dataset):
             frontal=frontal,
             lateral=lateral if lateral is not None else torch.zeros_like(frontal),
             has_lateral=lateral is not None,
-            input_ids=torch.from_numpy(self._input_ids[index].astype(np.int64)),
-            attention_mask=torch.from_numpy(self._attention[index].astype(np.int64)),
-            word_ids=torch.from_numpy(self._word_ids[index].astype(np.int64)),
+            input_ids=torch.from_numpy(self._input_ids[row].astype(np.int64)),
+            attention_mask=torch.from_numpy(self._attention[row].astype(np.int64)),
+            word_ids=torch.from_numpy(self._word_ids[row].astype(np.int64)),
         )
 
 

@@ -215,3 +215,33 @@ def test_sharded_batches_partition_the_global_batch(world: int) -> None:
 def test_sampler_rejects_uneven_split() -> None:
     with pytest.raises(LimitrError, match="multiple"):
         ShardedBatchSampler(50, 6, rank=0, world_size=4)
+
+
+def test_a_study_without_tokens_met_twice_counts_once_each_way(tmp_path: Path) -> None:
+    """Study 9 has no token row and comes twice: one no_tokens, then one duplicate_study,
+    as for a study with tokens (studies 2, 2)."""
+    rng = np.random.default_rng(1)
+    shards, tokens = tmp_path / "shards", tmp_path / "tokens"
+    write_studies(shards, "train", [9, 2], [png(_noise(9, 24)), png(_noise(2, 24))], [None, None], part=0)
+    write_studies(shards, "train", [9, 2], [png(_noise(9, 24)), png(_noise(2, 24))], [None, None], part=1)
+    write_tokens(tokens, "train", [2], [token_row(rng, 3, 12)])
+    ds = StudyDataset(shards, tokens, "train", 16, train=False)
+    assert ds.study_ids.tolist() == [2]
+    assert ds.report["skipped"]["no_tokens"] == 1 and ds.report["skipped"]["duplicate_study"] == 2
+
+
+def test_memory_per_study_is_the_index_and_narrow_tokens(tmp_path: Path) -> None:
+    """What the dataset keeps per study does not depend on the images: 97 tokens in int16 /
+    int8 / int8 (388 bytes) plus 64 bytes of index and image positions, under 1 KB."""
+    rng = np.random.default_rng(2)
+    shards, tokens = tmp_path / "shards", tmp_path / "tokens"
+    n = 40
+    write_studies(shards, "train", list(range(1, n + 1)), [png(_noise(s, 32)) for s in range(1, n + 1)],
+                  [png(_noise(500 + s, 32)) for s in range(1, n + 1)], part=0)
+    rows = [token_row(rng, 20, 97) for _ in range(n)]
+    for row in rows:
+        row["input_ids"] = [min(v * 1000, 30000) for v in row["input_ids"]]  # a BERT vocabulary: int16
+    write_tokens(tokens, "train", list(range(1, n + 1)), rows)
+    ds = StudyDataset(shards, tokens, "train", 16, train=False)
+    assert len(ds) == n
+    assert ds.resident_bytes() == n * (97 * (2 + 1 + 1) + 8 + 8 + 4 + 4 + 4 + 2 * 16)

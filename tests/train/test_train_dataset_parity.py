@@ -164,4 +164,12 @@ def test_token_shard_read_in_batches_gives_the_same_matrices(messy) -> None:
     whole, pieces = _Tokens(tokens / "train.parquet", "train"), _Tokens(tokens / "train.parquet", "train", batch_rows=3)
     for name in ("input_ids", "attention", "word_ids", "has_words"):
         assert np.array_equal(getattr(whole, name), getattr(pieces, name)), name
-    assert whole.row_of == pieces.row_of and whole.duplicates == pieces.duplicates == 1
+    assert whole.duplicates == pieces.duplicates == 1
+    ids = pq.read_table(tokens / "train.parquet", columns=["study_id"]).column("study_id").to_pylist()
+    first: dict[int, int] = {}
+    for row, sid in enumerate(ids):  # the plain reference: each id's first row
+        first.setdefault(sid, row)
+    queries = np.array([*first, -5, max(ids) + 1, min(ids) - 1], dtype=np.int64)
+    expected = [first.get(int(q), -1) for q in queries]
+    assert whole.rows_of(queries).tolist() == pieces.rows_of(queries).tolist() == expected
+    assert len(whole) == len(first)
