@@ -52,15 +52,13 @@ SUMMARY_FILE = "summary.json"
 SUMMARY_KEYS: tuple[str, ...] = (
     "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
     "P@5", "P@10", "auroc", "cnr", "pointing", "miou", "best_epoch",
-    "r_sum_lo", "r_sum_hi", "global_r_sum", "local_r_sum",
+    "r_sum_lo", "r_sum_hi",
 )
 #: r_sum_lo / r_sum_hi: the 95% bootstrap interval of r_sum (retrieval.json and zero_shot.json
 #: hold the others'); one pair only, so that `dvc metrics show` stays one table 200 columns wide.
-#: global_r_sum / local_r_sum: the r_sum of each part of the combined score alone (the
-#: ablation a reader checks first: does the local alignment add to the global one?).
 #: Percent figures are rounded to 2 decimals, the others to 3: a diff shows real changes.
 _PERCENT_KEYS = {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_sum", "block_r_sum",
-                 "P@5", "P@10", "r_sum_lo", "r_sum_hi", "global_r_sum", "local_r_sum"}
+                 "P@5", "P@10", "r_sum_lo", "r_sum_hi"}
 
 
 def _get(tree: Any, *path: Any) -> Any:
@@ -103,8 +101,6 @@ def headline_figures(results: dict, block_key: str, model_dir: Path) -> dict:
     figures["best_epoch"] = _best_epoch(model_dir)
     # The 95% bootstrap interval of r_sum (None without draws).
     figures["r_sum_lo"], figures["r_sum_hi"] = _get(full, "ci95", "r_sum") or [None, None]
-    for score in ("global", "local"):  # None when the model has no local score
-        figures[f"{score}_r_sum"] = _get(results, "retrieval", "by_score", score, "r_sum")
     return {k: (round(v, 2 if k in _PERCENT_KEYS else 3) if isinstance(v, float) else v)
             for k, v in figures.items()}
 

@@ -100,8 +100,6 @@ def test_embed_and_evaluate_write_every_output(tmp_path: Path, stubbed: StubMode
         if key != "best_epoch":  # the stand-in model has no training history
             assert isinstance(summary[key], float), key
     assert summary["r_sum_lo"] <= summary["r_sum"] <= summary["r_sum_hi"]
-    for score in ("global", "local"):
-        assert summary[f"{score}_r_sum"] == pytest.approx(retrieval["by_score"][score]["r_sum"], abs=0.005)
     assert retrieval["full"]["ci95"]["samples"] == 1000 and "ci95" in retrieval["by_score"]["local"]
     # every study's ranks: the figures follow from them
     from limitr.eval.bootstrap import MARGINS_FILE, RANKS_FILE, read_per_study_tsv
