@@ -3,7 +3,9 @@
 Not a DVC stage: it queues ``dvc exp run --queue -S train.seed=K [-S ...]`` experiments named
 ``<name>-s<K>`` (K = --first .. --first + n - 1), runs the queue (``dvc exp run --run-all``,
 one at a time) and prints mean ± sd of each headline figure of metrics/summary.json over the
-finished ones, read from ``dvc exp show --json``.
+finished ones, read from ``dvc exp show --json``, and of each part of the combined score
+(global alone, local alone, and the combined score's gain over the global one), read from the
+retrieval.json committed in each experiment.
 
     limitr seeds --n 3 --name nolateral -S model.lateral=false   # queue, run, summarise
     limitr seeds --n 3 --name nolateral -S model.lateral=false --queue-only
@@ -43,15 +45,44 @@ def _run(argv: list[str], capture: bool = False) -> str:
     return done.stdout or ""
 
 
-def seed_table(document, name: str) -> tuple[list[tuple[str, str]], dict]:
-    """The printed rows and the collected runs of table ``name``."""
-    from limitr.eval.seeds import collect, summarise
+def _git_file(rev: str, path: str) -> Optional[str]:
+    """A file of an experiment's git commit, or None (no git, no such commit or file)."""
+    try:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], check=False, text=True, capture_output=True)
+    except FileNotFoundError:
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def add_score_parts(runs: list[dict], read=_git_file) -> int:
+    """Add each run's score parts (:data:`limitr.eval.seeds.PART_KEYS`, from the retrieval.json
+    committed in its experiment) to its metrics; returns how many runs had them."""
+    from limitr.eval.seeds import RETRIEVAL_PATH, score_parts
+
+    found = 0
+    for run in runs:
+        text = read(run["rev"], RETRIEVAL_PATH) if run.get("rev") else None
+        try:
+            parts = score_parts(json.loads(text)) if text else {}
+        except json.JSONDecodeError:
+            parts = {}
+        run["metrics"].update(parts)
+        found += bool(parts)
+    return found
+
+
+def seed_table(document, name: str, read=None) -> tuple[list[tuple[str, str]], dict]:
+    """The printed rows and the collected runs of table ``name``; ``read(rev, path)`` gives
+    an experiment's committed files, for the score parts (None: not read)."""
+    from limitr.eval.seeds import PART_KEYS, collect, summarise
     from stages.evaluate import SUMMARY_KEYS
 
     found = collect(document, name)
     runs = found["runs"]
+    if read is not None:
+        add_score_parts(runs, read)
     rows = []
-    for r in summarise(runs, SUMMARY_KEYS):
+    for r in summarise(runs, (*SUMMARY_KEYS, *PART_KEYS)):
         digits = 3 if r["figure"] in ("auroc", "cnr", "pointing", "miou") else 2
         line = f"{r['mean']:.{digits}f} ± {r['sd']:.{digits}f}  (min {r['min']:.{digits}f}, max {r['max']:.{digits}f})"
         if r["figure"] == "r_sum" and r["mean"]:
@@ -107,7 +138,7 @@ def seeds_command(
             document = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LimitrError(f"`dvc exp show --json` gave no JSON ({exc})") from None
-        rows, found = seed_table(document, name)
+        rows, found = seed_table(document, name, read=None if exp_json is not None else _git_file)
         if not found["runs"]:
             raise LimitrError(f"no finished experiment named {name}-s<seed>"
                               + (f" ({len(found['unfinished'])} unfinished)" if found["unfinished"] else ""))
@@ -121,5 +152,7 @@ def seeds_command(
             from limitr.files import write_json
             from stages.evaluate import SUMMARY_KEYS
 
+            from limitr.eval.seeds import PART_KEYS
+
             write_json(out, {"name": name, "runs": found["runs"], "unfinished": found["unfinished"],
-                             "figures": summarise(found["runs"], SUMMARY_KEYS)})
+                             "figures": summarise(found["runs"], (*SUMMARY_KEYS, *PART_KEYS))})

@@ -18,6 +18,15 @@ from limitr.errors import LimitrError
 
 #: The metrics file with the headline figures (the evaluate stage's summary.json).
 SUMMARY_PATH = "metrics/summary.json"
+#: The evaluate stage's retrieval figures, where each part of the combined score has its own.
+RETRIEVAL_PATH = "metrics/retrieval.json"
+#: The figures :func:`score_parts` adds to a run: each part of the combined score alone, and
+#: the combined score's gain over its global part (the question of the local alignment).
+PART_KEYS: tuple[str, ...] = (
+    "global_i2t_R@10", "global_t2i_R@10", "global_r_sum",
+    "local_i2t_R@10", "local_t2i_R@10", "local_r_sum",
+    "gain_i2t_R@10", "gain_t2i_R@10", "gain_r_sum",
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -115,6 +124,27 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, sd
+
+
+def score_parts(retrieval: Any) -> dict[str, float]:
+    """:data:`PART_KEYS` from a run's retrieval.json (percent, 2 decimals); empty when the
+    file has no per-score figures (a model without a local score)."""
+    if not isinstance(retrieval, Mapping):
+        return {}
+    full, by_score = retrieval.get("full") or {}, retrieval.get("by_score") or {}
+    out: dict[str, float] = {}
+    try:
+        for score in ("global", "local"):
+            part = by_score[score]
+            out[f"{score}_i2t_R@10"] = float(part["i2t"]["R@10"])
+            out[f"{score}_t2i_R@10"] = float(part["t2i"]["R@10"])
+            out[f"{score}_r_sum"] = float(part["r_sum"])
+        out["gain_i2t_R@10"] = float(full["i2t"]["R@10"]) - out["global_i2t_R@10"]
+        out["gain_t2i_R@10"] = float(full["t2i"]["R@10"]) - out["global_t2i_R@10"]
+        out["gain_r_sum"] = float(full["r_sum"]) - out["global_r_sum"]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def summarise(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict]:

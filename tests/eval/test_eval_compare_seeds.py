@@ -136,3 +136,40 @@ def test_seed_settings_are_checked_before_anything_is_queued() -> None:
     with pytest.raises(LimitrError, match="train.epochs"):
         check_settings(params, ["train.epochs=0"])
     assert params["model"]["lateral"] is True  # the params read are left as they were
+
+
+def _retrieval(combined: tuple[float, float, float], glob: tuple[float, float, float],
+               local: tuple[float, float, float]) -> str:
+    """A retrieval.json of (i2t R@10, t2i R@10, r_sum) per score."""
+    def part(f):
+        return {"i2t": {"R@10": f[0]}, "t2i": {"R@10": f[1]}, "r_sum": f[2]}
+    return json.dumps({"full": part(combined), "by_score": {"global": part(glob), "local": part(local)}})
+
+
+def test_seed_table_adds_each_part_of_the_score_from_the_experiments_commits() -> None:
+    from limitr.eval.seeds import score_parts
+    from stages.seeds import seed_table
+
+    document = json.loads(EXP_SHOW.read_text())
+    revs = [r["rev"] for r in collect(document, "nolateral")["runs"]]
+    files = {  # combined, global, local per seed: gains 2, 4, 0 in r_sum
+        revs[0]: _retrieval((20, 22, 60), (19, 21, 58), (10, 12, 30)),
+        revs[1]: _retrieval((21, 23, 64), (19, 22, 60), (11, 12, 32)),
+        revs[2]: _retrieval((19, 20, 55), (19, 20, 55), (9, 10, 28)),
+    }
+    asked = []
+
+    def read(rev, path):
+        asked.append(path)
+        return files.get(rev)
+
+    rows, found = seed_table(document, "nolateral", read=read)
+    table = dict(rows)
+    assert set(asked) == {"metrics/retrieval.json"}
+    assert table["gain_r_sum"].startswith("2.00 ± 2.00") and table["global_r_sum"].startswith("57.67 ±")
+    assert table["gain_i2t_R@10"].startswith("1.00 ± 1.00") and table["local_t2i_R@10"].startswith("11.33 ±")
+    assert found["runs"][2]["metrics"]["gain_t2i_R@10"] == 0.0
+    # a run whose commit has no such file: the parts are left out of the table, the rest stays
+    rows, _ = seed_table(document, "nolateral", read=lambda rev, path: files.get(rev) if rev != revs[1] else None)
+    assert "gain_r_sum" not in dict(rows) and "r_sum" in dict(rows)
+    assert score_parts({"full": {"r_sum": 1.0}}) == {} and score_parts(None) == {}
