@@ -103,7 +103,8 @@ def seeds_command(
     exp_json: Optional[Path] = typer.Option(None, "--exp-json", help="a saved `dvc exp show --json` document to summarise"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the table as JSON here"),
 ) -> None:
-    """Queue N seeds of a setting with dvc, run them, print mean ± sd per headline figure."""
+    """Queue N seeds of a setting with dvc, run them, print mean ± sd per headline figure
+    and per part of the combined score (global alone, local alone, the combined score's gain)."""
     with stage_errors():
         from limitr.errors import LimitrError
         from limitr.eval.seeds import queue_commands
