@@ -142,7 +142,6 @@ class _Tokens:
                 parts["study_id"].append(np.asarray(batch.column(0), dtype=np.int64))
                 for i, name in enumerate(names, start=1):
                     parts[name].append(_token_matrix(pa.chunked_array([batch.column(i)]), name, split))
-                del batch
         except (OSError, pa.ArrowException) as exc:
             raise LimitrError(f"token shard {path} cannot be read ({exc}); re-run the tokenize stage") from exc
         for name in names:
@@ -150,9 +149,9 @@ class _Tokens:
                 raise LimitrError(
                     f"token shard {split}: rows of '{name}' have different lengths; re-run the tokenize stage"
                 )
-        ids = np.concatenate(parts.pop("study_id")) if parts["study_id"] else np.zeros(0, np.int64)
+        ids = np.concatenate(parts["study_id"]) if parts["study_id"] else np.zeros(0, np.int64)
         self.input_ids, self.attention, self.word_ids = (
-            _concatenate(parts.pop(name)) for name in names
+            np.concatenate(parts[name]) if parts[name] else np.zeros((0, 0), np.int8) for name in names
         )
         self.has_words = (self.word_ids >= 0).any(axis=1)
         # study_id -> first row: the sorted unique ids and their first rows (np.unique is stable)
@@ -170,22 +169,6 @@ class _Tokens:
             return np.full(len(study_ids), -1, np.int64)
         at = np.minimum(np.searchsorted(self._ids, study_ids), len(self._ids) - 1)
         return np.where(self._ids[at] == study_ids, self._first[at], -1)
-
-
-def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
-    """One matrix from the batches' (one copy at a time: the parts are freed as they go)."""
-    if not parts:
-        return np.zeros((0, 0), np.int8)
-    if len(parts) == 1:
-        return parts[0]
-    dtype = np.result_type(*parts)
-    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1]), dtype)
-    start = 0
-    while parts:
-        part = parts.pop(0)
-        out[start : start + len(part)] = part
-        start += len(part)
-    return out
 
 
 def _build_store(files: list[Path], tok: _Tokens, split: str, crop: int, dest: Path) -> dict:
