@@ -43,14 +43,17 @@ sys.path.insert(0, str(ROOT))
 LEVERS = ("bf16", "lateral skip", "fast dropout", "fused Adam", "channels last")
 
 
-def _torch_keep_mask(shape, p, device):
+def _torch_keep_mask(shape, p, device, out=None):
     """The SAF's keep mask as it was drawn before: torch's generator, 16 bits per element."""
     import math
 
     numel = math.prod(shape)
     threshold = int(round(p * 65536)) - 32768
     bits = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
-    return bits.view(torch.int16)[:numel].view(shape) >= threshold, 65536.0 / (32768 - threshold)
+    keep = bits.view(torch.int16)[:numel].view(shape) >= threshold
+    if out is not None:
+        keep = out.copy_(keep)
+    return keep, 65536.0 / (32768 - threshold)
 
 
 @contextlib.contextmanager

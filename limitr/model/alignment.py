@@ -33,12 +33,41 @@ from limitr.model.saf import NORM_EPS, SAF
 INFERENCE_BLOCK_ELEMENTS = 1 << 25
 
 
-def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax over ``dim`` ignoring entries where ``mask`` (broadcastable, True = keep) is False.
+def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``mask`` keeps, -inf where it drops: added before a softmax, it masks it in
+    the same pass that the softmax's input is formed (exactly as a fill with -inf would)."""
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
-    Every slice along ``dim`` must keep at least one entry.
-    """
-    return x.masked_fill(~mask, float("-inf")).softmax(dim=dim)
+
+def _two_step(logits, first_dim, first_bias, second_dim, second_bias, temp1):
+    first = torch.softmax(logits + first_bias, dim=first_dim)
+    # second_bias + temp1 * first: the scale and the second mask in one pass.
+    second = torch.softmax(torch.add(second_bias, first, alpha=temp1), dim=second_dim)
+    return first, second
+
+
+class _TwoStepAttention(torch.autograd.Function):
+    """Both softmaxes with a hand-written backward: two softmax backwards and one in-place
+    scale, where autograd of the plain ops also runs a pass for each mask and the scale
+    (the logits are pairs x words x regions, the largest tensor of the step's attention)."""
+
+    @staticmethod
+    def forward(ctx, logits, first_dim, first_bias, second_dim, second_bias, temp1):  # type: ignore[override]
+        first, second = _two_step(logits, first_dim, first_bias, second_dim, second_bias, temp1)
+        ctx.save_for_backward(first, second)
+        ctx.dims, ctx.temp1 = (first_dim, second_dim), temp1
+        return second
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        first, second = ctx.saved_tensors
+        first_dim, second_dim = ctx.dims
+        # Masked entries have probability 0, so their gradients come out 0 with no mask.
+        g = torch._softmax_backward_data(grad.to(second.dtype), second, second_dim, second.dtype)
+        g.mul_(ctx.temp1)
+        g = torch._softmax_backward_data(g, first, first_dim, first.dtype)
+        return g, None, None, None, None, None
 
 
 def two_step_attention(
@@ -51,10 +80,14 @@ def two_step_attention(
 ) -> torch.Tensor:
     """GLoRIA / LIMITR attention: softmax over ``first_dim``, times temp1, softmax over ``second_dim``.
 
-    The result sums to one over ``second_dim`` (the attended items).
+    Masks are broadcastable to ``logits`` (True = keep); every slice along a softmax's dim
+    must keep at least one entry. The result sums to one over ``second_dim`` (the attended items).
     """
-    first = masked_softmax(logits, first_mask, first_dim)
-    return masked_softmax(first * temp1, second_mask, second_dim)
+    first_bias = _mask_bias(first_mask, logits.dtype)
+    second_bias = _mask_bias(second_mask, logits.dtype)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _TwoStepAttention.apply(logits, first_dim, first_bias, second_dim, second_bias, float(temp1))
+    return _two_step(logits, first_dim, first_bias, second_dim, second_bias, float(temp1))[1]
 
 
 def l2norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

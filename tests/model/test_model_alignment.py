@@ -259,6 +259,18 @@ def test_saf_dropout_keeps_the_expectation():
     assert abs(scale * (1 - 0.4) - 1) < 1e-4
 
 
+def test_keep_mask_written_into_out_is_the_same_draw():
+    torch.manual_seed(3)
+    keep, scale = saf_module.keep_mask((7, 33), 0.4, torch.device("cpu"))
+    torch.manual_seed(3)
+    out = torch.zeros(7, 33, dtype=torch.bool)
+    into, scale2 = saf_module.keep_mask((7, 33), 0.4, torch.device("cpu"), out=out)
+    assert into.data_ptr() == out.data_ptr()
+    assert torch.equal(into, keep) and scale == scale2
+    x = torch.randn(7, 33, dtype=torch.float64)
+    assert torch.equal(x.clone().mul_(keep.view(torch.uint8)), x * keep)  # the in-place product
+
+
 def test_saf_float32_matches_float64():
     torch.manual_seed(0)
     saf = SAF(D, dropout=0.0).double().eval()
@@ -296,3 +308,30 @@ def test_saf_mixed_precision_gradients_keep_parameter_dtypes():
     c32 = context.float().requires_grad_()
     saf(c32, feature.float(), mask)[0].sum().backward()
     torch.testing.assert_close(c16.grad.float(), c32.grad, rtol=0.1, atol=0.05)
+
+
+def test_two_step_attention_matches_plain_ops_with_gradients():
+    from limitr.model.alignment import two_step_attention
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 7, dtype=torch.float64, generator=g)
+    first_mask = torch.rand(1, 3, 5, 1, generator=g) > 0.3
+    first_mask[..., 0, :] = True
+    second_mask = torch.rand(2, 1, 1, 7, generator=g) > 0.3
+    second_mask[..., 0] = True
+    grad = torch.randn(2, 3, 5, 7, dtype=torch.float64, generator=g)
+
+    def plain(x):
+        first = x.masked_fill(~first_mask, float("-inf")).softmax(dim=-2)
+        return (first * 4.0).masked_fill(~second_mask, float("-inf")).softmax(dim=-1)
+
+    outs = []
+    for fn in (plain, lambda x: two_step_attention(x, -2, first_mask, -1, second_mask, 4.0)):
+        x = logits.clone().requires_grad_()
+        y = fn(x)
+        y.backward(grad)
+        outs.append((y.detach(), x.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-12, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(two_step_attention(logits, -2, first_mask, -1, second_mask, 4.0), outs[0][0], rtol=0, atol=0)
