@@ -31,18 +31,6 @@ from torch import nn
 ATTENTION_NAME = "limitr_sdpa"
 
 
-def _bits(numel: int) -> np.ndarray:
-    """``numel`` random int16 values from one 64-bit seed drawn from torch's global generator."""
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    return np.random.SFC64(seed).random_raw((numel + 3) // 4).view(np.int16)[:numel]
-
-
-def _threshold(p: float) -> int:
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    return int(round(p * 65536)) - 32768
-
-
 def keep_mask(
     shape: torch.Size | tuple[int, ...], p: float, device: torch.device, out: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, float]:
@@ -53,13 +41,15 @@ def keep_mask(
     mask itself converts the mask to floats first (a copy, about 5 times slower here), and
     ``masked_fill_`` is not vectorised on the CPU (about 12 times slower).
     """
-    threshold = _threshold(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if device.type != "cpu":
         keep = torch.rand(shape, device=device) >= p
-        if out is not None:
-            keep = out.copy_(keep)
-        return keep, 1.0 / (1.0 - p)
-    bits = torch.from_numpy(_bits(math.prod(shape))).view(shape)
+        return (out.copy_(keep) if out is not None else keep), 1.0 / (1.0 - p)
+    numel = math.prod(shape)
+    threshold = int(round(p * 65536)) - 32768
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    bits = torch.from_numpy(np.random.SFC64(seed).random_raw((numel + 3) // 4).view(np.int16)[:numel]).view(shape)
     keep = torch.ge(bits, threshold, out=out) if out is not None else bits >= threshold
     return keep, 65536.0 / (32768 - threshold)
 

@@ -318,7 +318,10 @@ class SAFPoolFunction(torch.autograd.Function):
                 if g_context is not None:  # rounded to the context's dtype on the way out
                     torch.mul(g_s, f, out=g_context[a0:a1, p0:p1])
                 if g_feature is not None:
-                    for i in range(na):  # one fused pass per row of the tile
+                    # One fused pass per row of the tile, each over a whole (P, K, D) slice:
+                    # a product and a sum over the rows would allocate the tile again (and a
+                    # sum over one row is a copy).
+                    for i in range(na):
                         g_feature[p0:p1].addcmul_(g_s[i], c[i])
 
         dtypes = ctx.param_dtypes
