@@ -22,6 +22,7 @@ rounds. Each time is the best of --repeats rounds (other processes share the cor
     python benchmarks/bench_local_alignment.py            # the three configurations
     python benchmarks/bench_local_alignment.py --quick    # small sizes, a smoke run
     python benchmarks/bench_local_alignment.py --json out.json --repeats 5
+    python benchmarks/bench_local_alignment.py --compiled --only 1   # eager against torch.compile
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from limitr.model.alignment import LocalAlignment, l2norm, two_step_attention
 # (name, B, N words, R regions per view, views, D)
 CONFIGS = [
     ("paper width: D=768, R=361 (19x19), frontal only", 16, 32, 361, 1, 768),
-    ("CPU default: D=256, R=64 (128-px crops), frontal+lateral", 32, 32, 64, 2, 256),
-    ("CPU default: D=256, R=64 (128-px crops), frontal+lateral", 48, 32, 64, 2, 256),
+    ("CPU default: D=256, R=256 (layer2 of 128-px crops), frontal+lateral", 16, 64, 256, 2, 256),
+    ("layer3 regions: D=256, R=64 (128-px crops), frontal+lateral", 32, 32, 64, 2, 256),
 ]
 QUICK = [("quick", 8, 12, 16, 2, 64)]
 
@@ -171,9 +172,26 @@ def matmul_once(size: int = 2048) -> Callable[[], None]:
     return lambda: torch.mm(a, b)
 
 
-def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: int) -> dict:
+def with_kernels(module: LocalAlignment, kernels, fn: Callable) -> Callable:
+    """``fn`` with the compiled SAF tiles attached for its forward (the backward keeps them)."""
+    from limitr.model.compiled import attach
+
+    def run(*args):
+        attach(module, kernels)
+        try:
+            return fn(*args)
+        finally:
+            attach(module, None)
+
+    return run
+
+
+def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: int,
+               compiled: bool = False) -> dict:
     """Times are the best of ``repeats`` rounds; each round runs every contender once
-    (and the reference matrix product), so that load from other processes hits all alike."""
+    (and the reference matrix product), so that load from other processes hits all alike.
+    ``compiled``: also the batched module with the SAF tiles compiled (torch.compile), forward
+    + backward and forward alone (evaluation's scoring), beside the eager ones."""
     g = torch.Generator().manual_seed(0)
     m = r * views
     module = LocalAlignment(d, temp1=4.0, saf_dropout=0.4)
@@ -194,6 +212,12 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
         "lean_loop": lambda wd, rg: lean_loop_scores(module, wd, word_mask, rg, region_mask, r),
         "batched_bf16": lambda wd, rg: bf16_scores(module, wd, word_mask, rg, region_mask),
     }
+    kernels = None
+    if compiled:
+        from limitr.model.compiled import SAFKernels
+
+        kernels = SAFKernels("cpu")
+        contenders["batched_compiled"] = with_kernels(module, kernels, contenders["batched"])
 
     def step(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
         def run() -> None:
@@ -201,6 +225,13 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
             wd, rg = words.clone().requires_grad_(), regions.clone().requires_grad_()
             cap, img = fn(wd, rg)
             ((cap * grad_c).sum() + (img * grad_i).sum()).backward()
+
+        return run
+
+    def forward_only(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                fn(words, regions)
 
         return run
 
@@ -213,15 +244,27 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
             diffs[key] = max((cap_b - cap_l).abs().max().item(), (img_b - img_l).abs().max().item())
         cap_h, img_h = contenders["batched_bf16"](words, regions)
         bf16_diff = max((cap_b - cap_h).abs().max().item(), (img_b - img_h).abs().max().item())
+        if kernels is not None:
+            cap_k, img_k = contenders["batched_compiled"](words, regions)
+            diffs["batched_compiled"] = max((cap_b - cap_k).abs().max().item(), (img_b - img_k).abs().max().item())
     mm = matmul_once()
-    train_mode = ("batched", "public_loop")  # timed again with the SAF dropout on
-    times: dict[str, list[float]] = {key: [] for key in (*contenders, "batched_dropout", "public_loop_dropout", "matmul")}
-    for key in contenders:  # warm-up
+    train_mode = ("batched", "public_loop") + (("batched_compiled",) if kernels is not None else ())
+    infer = ("batched",) + (("batched_compiled",) if kernels is not None else ())  # forward alone
+    times: dict[str, list[float]] = {key: [] for key in (
+        *contenders, *(f"{k}_dropout" for k in train_mode), *(f"{k}_forward" for k in infer), "matmul")}
+    for key in contenders:  # warm-up (and the compiles: every graph, both modes)
         step(contenders[key])()
+    if kernels is not None:
+        module.train()
+        step(contenders["batched_compiled"])()
+        module.eval()
+        forward_only(contenders["batched_compiled"])()
     for _ in range(repeats):
         module.eval()
         for key, fn in contenders.items():
             times[key].append(timed(step(fn)))
+        for key in infer:
+            times[f"{key}_forward"].append(timed(forward_only(contenders[key])))
         module.train()
         for key in train_mode:
             times[f"{key}_dropout"].append(timed(step(contenders[key])))
@@ -230,12 +273,22 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
     peak = 2.0 * 2048**3 / best["matmul"] / 1e9
     flops = 3.0 * flops_forward(b, n, m, d)
     rate = {key: flops / best[key] / 1e9 for key in contenders}
+    extra = {}
+    if kernels is not None:
+        extra = {
+            "compile_s": round(kernels.compile_seconds, 1),
+            "compiled_graphs": kernels.graphs,
+            "compiled_fallback": kernels.failure,
+            "compiled_speedup": round(best["batched"] / best["batched_compiled"], 2),
+            "compiled_speedup_with_dropout": round(best["batched_dropout"] / best["batched_compiled_dropout"], 2),
+            "compiled_speedup_forward": round(best["batched_forward"] / best["batched_compiled_forward"], 2),
+        }
     return {
         "config": name,
         "B": b, "N": n, "M": m, "D": d,
         "matmul_gflops": round(peak, 1),
         "gflop_fwd_bwd": round(flops / 1e9, 1),
-        **{f"{key}_s": round(best[key], 3) for key in (*contenders, "batched_dropout", "public_loop_dropout")},
+        **{f"{key}_s": round(value, 3) for key, value in best.items() if key != "matmul"},
         "speedup_vs_public_loop": round(best["public_loop"] / best["batched"], 2),
         "speedup_vs_public_loop_with_dropout": round(best["public_loop_dropout"] / best["batched_dropout"], 2),
         "speedup_vs_lean_loop": round(best["lean_loop"] / best["batched"], 2),
@@ -244,6 +297,7 @@ def run_config(name: str, b: int, n: int, r: int, views: int, d: int, repeats: i
         "bf16_max_abs_score_diff": bf16_diff,
         "max_abs_score_diff": max(diffs.values()),
         "scores_agree_1e-5": max(diffs.values()) <= 1e-5,
+        **extra,
     }
 
 
@@ -254,16 +308,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     parser.add_argument("--only", type=int, default=None, help="run only configuration number N (0-based)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also the SAF compiled with torch.compile (needs a C++ compiler; compiles first)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.repeats} rounds")
     results = []
+    if args.compiled:  # the kernels in a folder of this run, not the system's default cache
+        import tempfile
+
+        from limitr.model.compiled import use_cache_dir
+
+        compile_tmp = tempfile.TemporaryDirectory(prefix="bench-compile-cache-")
+        use_cache_dir(compile_tmp.name)
     configs = QUICK if args.quick else CONFIGS
     if args.only is not None:
         configs = [configs[args.only]]
     for cfg in configs:
-        res = run_config(*cfg, repeats=args.repeats)
+        res = run_config(*cfg, repeats=args.repeats, compiled=args.compiled)
         results.append(res)
         print(
             f"{res['config']}  B={res['B']} N={res['N']} M={res['M']} D={res['D']}  "
@@ -278,6 +341,15 @@ def main() -> None:
             f"  bf16 autocast: batched {res['batched_bf16_s']:.3f} s ({res['bf16_speedup']:.2f}x as fast as "
             f"float32); scores within {res['bf16_max_abs_score_diff']:.1e} of float32"
         )
+        if args.compiled:
+            print(
+                f"  compiled SAF ({res['compiled_graphs']} graphs, {res['compile_s']:.0f} s to compile"
+                f"{'; FELL BACK: ' + res['compiled_fallback'] if res['compiled_fallback'] else ''}): "
+                f"{res['batched_compiled_s']:.3f} s, {res['compiled_speedup']:.2f}x eager; with dropout "
+                f"{res['compiled_speedup_with_dropout']:.2f}x; forward alone (evaluation) "
+                f"{res['batched_forward_s']:.3f} -> {res['batched_compiled_forward_s']:.3f} s, "
+                f"{res['compiled_speedup_forward']:.2f}x"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

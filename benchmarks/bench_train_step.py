@@ -22,6 +22,7 @@ against the baseline of the same run: compare them, not the seconds, between mac
 
     python benchmarks/bench_train_step.py [--steps 3] [--rounds 3] [--json out.json]
     python benchmarks/bench_train_step.py --quick --params tiny.yaml   # a smoke run
+    python benchmarks/bench_train_step.py --compiled   # also train.compile false against true
 """
 
 from __future__ import annotations
@@ -99,11 +100,14 @@ def build(off: set[str], model_cfg, train_cfg, seed: int):
 class Contender:
     """One configuration: its own model and optimizer, stepped on the shared batches."""
 
-    def __init__(self, off: set[str], model_cfg, train_cfg) -> None:
+    def __init__(self, off: set[str], model_cfg, train_cfg, kernels=None) -> None:
+        from limitr.model.compiled import attach
         from limitr.train.distributed import DistContext, wrap_for_training
 
         self.off, self.train_cfg = off, train_cfg
         self.model, self.optimizer = build(off, model_cfg, train_cfg, seed=0)
+        attach(self.model, kernels)  # the compiled SAF tiles (None = eager)
+        self.kernels = kernels
         self.step_module = wrap_for_training(self.model, DistContext(), torch.device("cpu"))
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -130,6 +134,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--quick", action="store_true",
                         help="one round of one step, the baseline and 'all' rows only (a smoke run)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also the step as limitr train runs it here (its precision) with the local "
+                             "alignment eager and compiled (train.compile false / true; compiles first)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds = 1, 1
@@ -164,7 +171,17 @@ def main() -> None:
     if not args.quick:
         rows.update({f"all but {lever}": {lever} for lever in LEVERS})
     contenders = {name: Contender(off, model_cfg, train_cfg) for name, off in rows.items()}
-    for c in contenders.values():  # warm-up: the allocator and oneDNN's kernels
+    compile_tmp = None
+    if args.compiled:
+        from limitr.model.compiled import SAFKernels, use_cache_dir
+        from limitr.train.loop import resolve_autocast_dtype
+
+        compile_tmp = tempfile.TemporaryDirectory(prefix="bench-compile-cache-")
+        use_cache_dir(compile_tmp.name)  # not the system's default cache folder
+        as_run = set() if resolve_autocast_dtype(train_cfg.mixed_precision, torch.device("cpu")) else {"bf16"}
+        contenders["train.compile false"] = Contender(as_run, model_cfg, train_cfg)
+        contenders["train.compile true"] = Contender(as_run, model_cfg, train_cfg, kernels=SAFKernels("cpu"))
+    for c in contenders.values():  # warm-up: the allocator and oneDNN's kernels (and the compile)
         c.steps(batches, 1, record=False)
     for _ in range(args.rounds):  # interleaved, so that a slow spell of the machine hits all alike
         for c in contenders.values():
@@ -176,8 +193,17 @@ def main() -> None:
     print(f"all levers: {base / best:.2f}x the baseline step ({base:.3f} -> {best:.3f} s)")
     for lever in LEVERS if not args.quick else ():
         print(f"  {lever:<14} worth {figures[f'all but {lever}'] / best:.2f}x with the others on")
+    out = {"seconds_per_step": figures, "speedup": base / best}
+    if args.compiled:
+        kernels = contenders["train.compile true"].kernels
+        out["compiled_speedup"] = figures["train.compile false"] / figures["train.compile true"]
+        out["compile_s"], out["compiled_fallback"] = kernels.compile_seconds, kernels.failure
+        print(f"compiled local alignment: {out['compiled_speedup']:.2f}x the eager step "
+              f"({kernels.graphs} graphs compiled in {kernels.compile_seconds:.0f} s"
+              f"{'; FELL BACK: ' + kernels.failure if kernels.failure else ''})")
+        compile_tmp.cleanup()
     if args.json:
-        args.json.write_text(json.dumps({"seconds_per_step": figures, "speedup": base / best}, indent=2) + "\n")
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

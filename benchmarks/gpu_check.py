@@ -15,6 +15,9 @@ optimizer_step). It prints:
   iterator over the whole step time);
 - bf16 against fp32 on one batch (TF32 off for the reference): the largest and mean score
   differences and how often the top-ranked report (and study) agree;
+- the same steps with the local alignment compiled (``train.compile: true``; its kernels
+  under ``--work``): compile time, studies/s and peak memory against the eager steps
+  (``--no-compiled`` skips it);
 - one optimizer step of a one-process DistributedDataParallel group (NCCL on CUDA; gloo
   on the CPU, said so) through the all-gather of the global batch.
 
@@ -195,7 +198,8 @@ def check_device(name: str):
     return device
 
 
-def measure(params: dict, device_name: str, steps: int, warmup: int, log) -> dict:
+def measure(params: dict, device_name: str, steps: int, warmup: int, log,
+            compiled: bool = True, work: Optional[Path] = None) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -290,10 +294,49 @@ def measure(params: dict, device_name: str, steps: int, warmup: int, log) -> dic
     else:
         out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
+    if compiled:
+        out["compiled"] = _compiled_steps(model, step_module, one_step, device, train_cfg.batch_size, steps, warmup,
+                                          work, log)
     out["bf16_vs_fp32"] = _agreement(model, next(batches), device, train_cfg, model_cfg, dtype,
                                      autocast_context, embed_studies)
     out["ddp"] = _ddp_step(model, step_module, optimizer, scaler, trainable, batches, device, train_cfg,
                            model_cfg, dtype, dist, wrap_for_training, optimizer_step, log)
+    return out
+
+
+def _compiled_steps(model, step_module, one_step, device, batch: int, steps: int, warmup: int,
+                    work: Optional[Path], log) -> dict:
+    """The same training steps with the local alignment compiled (train.compile: true):
+    compile time, studies/s and peak memory, beside the eager figures measured before."""
+    import torch
+
+    from limitr.model.compiled import SAFKernels, attach, compiler_problem, use_cache_dir
+
+    problem = compiler_problem(device)
+    if problem is not None:
+        log(f"compiled local alignment skipped: {problem}")
+        return {"skipped": problem}
+    if work is not None:
+        use_cache_dir(work / "compile-cache")
+    kernels = SAFKernels(device.type)
+    attach(model, kernels)
+    try:
+        log(f"compiled local alignment: {max(2, warmup)} warm-up steps (the compile) + {steps} measured")
+        for _ in range(max(2, warmup)):
+            one_step(step_module)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = [one_step(step_module)[1] for _ in range(steps)]
+    finally:
+        attach(model, None)
+    out: dict[str, Any] = {
+        "compile_s": kernels.compile_seconds, "graphs": kernels.graphs, "fallback": kernels.failure,
+        "studies_per_s": steps * batch / sum(seconds),
+        "studies_per_s_median_step": batch / statistics.median(seconds),
+    }
+    if device.type == "cuda":
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
@@ -398,6 +441,18 @@ def report(figures: dict, prepare_seconds: dict, install_seconds: Optional[float
     else:
         rows.append(("peak memory", f"{f['peak_rss_gib']:.2f} GiB RSS (CPU run)"))
     rows.append(("data wait", f"{100 * f['data_wait_share']:.1f} % of step time"))
+    c = f.get("compiled")
+    if c and "skipped" in c:
+        rows.append(("compiled local alignment", f"skipped: {c['skipped']}"))
+    elif c:
+        memory = (f", peak {c['peak_memory_gib']:.2f} GiB against {f['peak_memory_gib']:.2f} eager"
+                  if "peak_memory_gib" in c else "")
+        rows.append(("compiled local alignment",
+                     f"{c['studies_per_s_median_step']:.1f} studies/s at the median step against "
+                     f"{f['studies_per_s_median_step']:.1f} eager "
+                     f"({c['studies_per_s_median_step'] / f['studies_per_s_median_step']:.2f}x){memory}; "
+                     f"{c['graphs']} graphs compiled in {c['compile_s']:.0f} s"
+                     + (f"; FELL BACK to eager: {c['fallback']}" if c["fallback"] else "")))
     a = f["bf16_vs_fp32"]
     rows.append((f"{a['dtype']} vs fp32", f"max |d score| {a['max_abs_total']:.2e} (local "
                  f"{a.get('max_abs_local', float('nan')):.2e}, global {a['max_abs_global']:.2e}), mean "
@@ -422,6 +477,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--install-seconds", type=float, help="(from gpu_check.sh) shown in the summary")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the steps with the local alignment compiled (train.compile: true)")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -433,7 +490,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         check_device(args.device)  # before preparing anything
         params = check_params(args.params, args.work.resolve(), args.studies, args.image_scale, parse_sets(args.sets))
         prepare_seconds = prepare(args.work.resolve(), params, log)
-        figures = measure(params, args.device, args.steps, args.warmup, log)
+        figures = measure(params, args.device, args.steps, args.warmup, log, args.compiled, args.work.resolve())
     except (CheckError, LimitrError) as exc:
         print(f"gpu check: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,18 @@ def _null_path(value: Any) -> Any:
     return value
 
 
+def _auto_or_bool(value: Any) -> Any:
+    """auto, true or false (null = auto; the words in any case)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str) and value.strip().lower() in {"auto", "true", "false"}:
+        text = value.strip().lower()
+        return "auto" if text == "auto" else text == "true"
+    if not isinstance(value, bool):
+        raise ValueError("must be auto, true or false")
+    return value
+
+
 class Section(BaseModel):
     """A section: unknown keys are refused, values are checked on assignment too."""
 
@@ -217,6 +229,10 @@ class TrainSettings(Section):
     mixed_precision: Union[Literal["auto"], bool] = Field("auto", description="auto (CUDA; CPUs with native bf16) | true | false")
     num_workers: Union[Literal["auto"], int] = Field(
         "auto", description="DataLoader workers per process: auto (none on <= 2 cores, else min(4, cores - 1)) or a number")
+    compile: Union[Literal["auto"], bool] = Field(
+        "auto", description="the local alignment compiled with torch.compile: auto (on CUDA when the run is long "
+        "enough to pay the compile; eager on CPUs, where it measured slower) | true | false")
+    compile_cache: str = Field("data/compile-cache", description="folder of the compiled kernels (reused by resumes)")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap for quick runs")
     val_rerank_top_k: Optional[int] = Field(
         20, ge=1, description="validation re-ranks each query's global top-K by the total score (null = all pairs)")
@@ -242,17 +258,10 @@ class TrainSettings(Section):
             raise ValueError("must be auto or a whole number >= 0")
         return value
 
-    @field_validator("mixed_precision", mode="before")
+    @field_validator("mixed_precision", "compile", mode="before")
     @classmethod
-    def _precision(cls, value: Any) -> Any:
-        if value is None:
-            return "auto"
-        if isinstance(value, str) and value.strip().lower() in {"auto", "true", "false"}:
-            text = value.strip().lower()
-            return "auto" if text == "auto" else text == "true"
-        if not isinstance(value, bool):
-            raise ValueError("must be auto, true or false")
-        return value
+    def _auto_or_bool(cls, value: Any) -> Any:
+        return _auto_or_bool(value)
 
     @field_validator("betas", mode="before")
     @classmethod
@@ -262,7 +271,7 @@ class TrainSettings(Section):
         return value
 
     #: Keys the stage reads, not the loop (folders, and the seed that reaches it as an argument).
-    STAGE_KEYS: ClassVar[tuple[str, ...]] = ("shards", "tokens", "out", "seed")
+    STAGE_KEYS: ClassVar[tuple[str, ...]] = ("shards", "tokens", "out", "seed", "compile_cache")
 
     def to_config_dict(self) -> dict[str, Any]:
         """The mapping ``TrainConfig.from_dict`` takes (the stage's keys left out)."""
@@ -293,6 +302,15 @@ class EvaluateSettings(Section):
     score_block: int = Field(64, ge=1, description="images and texts per similarity call")
     bootstrap: int = Field(1000, ge=0, description="test-study draws for the 95% intervals (0 = none)")
     bootstrap_seed: int = Field(0, ge=0, description="seed of those draws (the same draws for every run)")
+    compile: Union[Literal["auto"], bool] = Field(
+        "auto", description="the local scores' forward compiled with torch.compile: auto (on CUDA when the test "
+        "split is large enough to pay the compile; eager on CPUs) | true | false")
+    compile_cache: str = Field("data/compile-cache", description="folder of the compiled kernels")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        return _auto_or_bool(value)
 
     @field_validator("ground_truth", mode="before")
     @classmethod

@@ -203,7 +203,8 @@ def evaluate_stage(
     """Score the saved embeddings with the model's similarity and write metrics and plots."""
     with stage_errors() as stage:
         from limitr.eval.embed import load_model
-        from limitr.eval.evaluate import EvalSettings, plan_tasks
+        from limitr.eval.evaluate import EvalSettings, local_elements, plan_tasks
+        from limitr.model import compiled
         from limitr.eval.plots import draw_grounding_example, draw_message, slug, write_series_tsv
         from limitr.eval.results import Skipped, to_json, write_json
 
@@ -231,8 +232,15 @@ def evaluate_stage(
             bootstrap=cfg.bootstrap,
             bootstrap_seed=cfg.bootstrap_seed,
         )
+        tasks = plan_tasks(emb_dir, shards_dir, settings, truth_file)
+        choice = compiled.choose(
+            cfg.compile, dev, steps=1, key="evaluate.compile", cache_dir=Path(cfg.compile_cache),
+            elements_per_step=local_elements(emb_dir, sum(t.total or 0 for t in tasks if t.run is not None)),
+        )
+        compiled.attach(net, choice.kernels)
+        print(f"local alignment: {choice.line()}", flush=True)
         results: dict = {}
-        for task in plan_tasks(emb_dir, shards_dir, settings, truth_file):
+        for task in tasks:
             if task.skipped is not None or task.run is None:
                 results[task.name] = Skipped(task.skipped)
                 continue

@@ -107,4 +107,5 @@ def live_callbacks(curves: Optional[LiveCurves], callbacks=None):
         on_step=chain(curves.step, base.on_step),
         on_epoch=chain(curves.epoch, base.on_epoch),
         on_history=chain(curves.history, getattr(base, "on_history", None)),
+        on_compile=base.on_compile,
     )

@@ -114,7 +114,10 @@ def train_stage(
                     f"t2i R@1 {row['t2i_R@1']:.1f})"
                 )
 
-            callbacks = TrainCallbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch)
+            def on_compile(line: str) -> None:
+                bar.write(f"local alignment: {line}")
+
+            callbacks = TrainCallbacks(on_start=on_start, on_step=on_step, on_epoch=on_epoch, on_compile=on_compile)
         curves = LiveCurves(Path(metrics) / CURVES_FOLDER) if ctx.is_main else None
         callbacks = live_callbacks(curves, callbacks)
         try:
@@ -130,6 +133,7 @@ def train_stage(
                 resume=resume,
                 dist=ctx,
                 callbacks=callbacks,
+                compile_cache=Path(settings.train.compile_cache),
             )
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped training is the one to report
@@ -146,6 +150,7 @@ def train_stage(
                 ("best r_sum", f"{s['best'].get('r_sum', float('nan')):.1f} (chance {s['chance_r_sum']:.1f})"),
                 ("final r_sum", f"{s['final'].get('r_sum', float('nan')):.1f}"),
                 ("seconds", s["seconds"]),
+                ("local alignment", "compiled" if (s.get("compile") or {}).get("compiled") else "eager"),
                 ("model", str(out_dir / "best")),
             ]
             if result.resumed_from_epoch is not None:

@@ -99,5 +99,5 @@ def test_quick_benchmarks_run(bench_data: Path, tmp_path: Path) -> None:
     out = _run([str(BENCH / "bench_train_step.py"), "--quick", "--params", str(params)], tmp_path)
     assert "s/step" in out, out
 
-    out = _run([str(BENCH / "bench_local_alignment.py"), "--quick", "--repeats", "1"], tmp_path)
-    assert "quick" in out, out
+    out = _run([str(BENCH / "bench_local_alignment.py"), "--quick", "--repeats", "1", "--compiled"], tmp_path)
+    assert "quick" in out and "compiled SAF" in out and "FELL BACK" not in out, out

@@ -57,6 +57,9 @@ def test_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
     assert f["autocast_dtype"] == "bfloat16" and f["batch_size"] == 4 and f["steps"] == 2
     assert f["studies_per_s"] > 0 and f["studies_per_s_median_step"] > 0 and 0 <= f["data_wait_share"] <= 1 and f["losses_finite"]
     assert f["peak_rss_gib"] > 0
+    c = f["compiled"]  # the same steps with train.compile: true, kernels under the work folder
+    assert c["fallback"] is None and c["graphs"] > 0 and c["studies_per_s_median_step"] > 0, c
+    assert "compiled local alignment" in out and any((work / "compile-cache" / "inductor").iterdir())
     a = f["bf16_vs_fp32"]
     # bf16 actually ran (scores differ) and stays close: the whole encoders in bf16 give a
     # few 2^-8 at most (tests/model/test_model_mixed_precision.py); 2^-5 here.

@@ -419,6 +419,11 @@ class StudyDataset(torch.utils.data.Dataset):
     def _crop(self, data: bytes, rng: Optional[np.random.Generator]) -> torch.Tensor:
         return torch.from_numpy(crop_square(decode_grey(data), self.crop_size, rng))
 
+    @property
+    def token_length(self) -> int:
+        """Tokens per report row (the tokenize stage's max_length)."""
+        return int(self._input_ids.shape[1])
+
     def __getitem__(self, index: Union[int, tuple[int, int]]) -> StudyItem:
         """Study ``index`` cropped for the epoch of :meth:`set_epoch`, or for ``epoch`` when
         given ``(epoch, index)`` (what :class:`EpochBatches` yields)."""

@@ -300,6 +300,26 @@ def probes(model, embeddings: Path, ground_truth: Path, settings: EvalSettings, 
 # --- planning -------------------------------------------------------------------------------
 
 
+def local_elements(embeddings: Path, pairs: int) -> int:
+    """Elements of the SAF's (pairs, K, D) tensors over ``pairs`` scored pairs, K the test
+    split's word positions plus regions (read from the first embedding files' headers):
+    what ``evaluate.compile: auto`` weighs against the compile time."""
+    from safetensors import safe_open
+
+    folder = Path(embeddings) / "test"
+    widths = {}
+    for kind in ("texts", "images"):
+        files = sorted(folder.glob(f"{kind}-*.safetensors"))
+        if not files:
+            return 0
+        with safe_open(str(files[0]), "pt") as handle:
+            widths[kind] = handle.get_slice("local").get_shape()
+    _, words, dim = widths["texts"]
+    return int(pairs) * (int(words) + int(widths["images"][1])) * int(dim)
+
+
+
+
 def plan_tasks(embeddings: Path, shards: Path, settings: EvalSettings,
                ground_truth: Optional[Path] = None) -> list[EvalTask]:
     """The five tasks, in order, each runnable or skipped with its reason (the probes need

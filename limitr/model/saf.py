@@ -59,6 +59,9 @@ class SAF(nn.Module):
         self.mean_proj = nn.Linear(dim, dim)  # L2
         self.weight_proj = nn.Linear(dim, 1)  # u
         self.dropout = float(dropout)
+        #: The compiled tile kernels (:class:`limitr.model.compiled.SAFKernels`), None = eager.
+        #: Not a parameter or buffer: saved models and state dicts do not change.
+        self.kernels = None
         for layer in (self.local_proj, self.mean_proj, self.weight_proj):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -88,13 +91,15 @@ class SAF(nn.Module):
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in (context, feature, *params)
         )
+        kernels = self.kernels if self.kernels is not None and self.kernels.usable(context.device) else None
         if needs_grad:
-            return SAFPoolFunction.apply(context, feature, mask, *params, dropout, compute)
+            return SAFPoolFunction.apply(context, feature, mask, *params, dropout, compute, kernels)
         # Inference: nothing is kept for a backward, so the activations stay tile-sized.
         with torch.autocast(device_type=context.device.type, enabled=False):
             cast = _cast_params(tuple(t.detach() for t in params), compute)
             acc = accumulate_dtype(compute)
-            pooled, weights, _ = saf_pool_forward(context, feature.to(acc), mask, cast, dropout, save=False)
+            extra = {} if kernels is None else {"kernels": kernels}
+            pooled, weights, _ = saf_pool_forward(context, feature.to(acc), mask, cast, dropout, save=False, **extra)
         return pooled, weights
 
 
@@ -122,13 +127,21 @@ def saf_pool_forward(
     params: tuple[torch.Tensor, ...],
     dropout: float,
     save: bool,
+    kernels=None,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[dict]]:
     """The tiled forward. params = (w1, b1, w2, b2, u, ub) as :func:`_cast_params` gives them:
     the dtype of w1 is the compute dtype, that of w2 (and of ``feature``) the accumulate dtype.
 
     Returns pooled (A, P, D) and weights (A, P, K) in the accumulate dtype and, when ``save``,
     what the backward needs; without ``save`` the (A, P, K, D) activations live only tile by tile.
+    ``kernels``: compiled tile kernels (:class:`limitr.model.compiled.SAFKernels`) that run each
+    tile's work (:func:`forward_tile`) in one fused pass; None = the eager tile code below. The
+    dropout masks are drawn in the same order either way.
     """
+    if kernels is not None:
+        result = kernels.run(_pool_forward_compiled, context, feature, mask, params, dropout, save, kernels)
+        if result is not None:
+            return result
     w1, b1, w2, b2, u, ub = params
     n_a, n_p, k, d = context.shape
     cd, acc, device = w1.dtype, w2.dtype, context.device
@@ -198,6 +211,215 @@ def saf_pool_forward(
     return pooled, weights, saved
 
 
+#: Eigen's rational approximation of tanh for float32 (odd numerator of degree 13 over an
+#: even denominator of degree 6, on [-7.9988, 7.9988], within a few float32 ulps): a
+#: dozen multiply-adds that the compiler fuses, where the library tanh costs more than
+#: everything else in the SAF's forward on a CPU without AVX-512.
+_TANH_CLAMP = 7.99881172180175781
+_TANH_NUM = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+             1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
+_TANH_DEN = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
+
+
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x): the rational approximation above for float32 and narrower, torch.tanh for
+    float64 (the float64 parity references stay exact)."""
+    if x.dtype == torch.float64:
+        return torch.tanh(x)
+    x = x.clamp(-_TANH_CLAMP, _TANH_CLAMP)
+    x2 = x * x
+    p = x2 * _TANH_NUM[0] + _TANH_NUM[1]
+    for coef in _TANH_NUM[2:]:
+        p = p * x2 + coef
+    q = x2 * _TANH_DEN[0] + _TANH_DEN[1]
+    for coef in _TANH_DEN[2:]:
+        q = q * x2 + coef
+    return x * p / q
+
+
+def forward_tile(
+    c: torch.Tensor,
+    f: torch.Tensor,
+    mean_w: torch.Tensor,
+    mask: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    u: torch.Tensor,
+    ub: torch.Tensor,
+    keep: Optional[torch.Tensor],
+    gate_keep: Optional[torch.Tensor],
+    scale2: float,
+    save: bool,
+):
+    """One tile of the SAF forward as plain tensor operations, for ``torch.compile``: the same
+    mathematics as the eager tile of :func:`saf_pool_forward` (the L1 product in the compute
+    dtype, the rest in the accumulate dtype), which the compiler fuses around the products.
+
+    c (na, np, K, D), f (np, K, D), mean_w and mask (np, K); keep (na, np, K, D) and gate_keep
+    (na, np, D) the dropout masks or None; scale2 the square of the dropout rescale. Returns
+    pooled, weights and, when ``save``, drop(tanh(L1 s)) before the rescale (compute dtype),
+    the norms, the means and the gate before its dropout.
+    """
+    cd, acc = w1.dtype, w2.dtype
+    s = c * f
+    nrm = torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    s = s / nrm
+    m = (mean_w.unsqueeze(-1) * s).sum(dim=-2)  # (na, np, D)
+    g = torch.tanh(torch.matmul(m, w2.t()) + b2)  # (na, np, D): small
+    z = torch.matmul(s.to(cd), w1.t())
+    h = fast_tanh(z.to(acc) + b1.to(acc)).to(cd)
+    h_used = h if keep is None else h * keep
+    g_used = g if gate_keep is None else g * gate_keep * scale2
+    ug = (g_used * u).to(cd)
+    e = (h_used.to(acc) * ug.to(acc).unsqueeze(-2)).sum(dim=-1) + ub
+    e = e.masked_fill(~mask, float("-inf"))
+    wts = torch.softmax(e, dim=-1)
+    pooled = (wts.unsqueeze(-1) * s).sum(dim=-2)
+    if save:  # the activations saved already dropped, as the eager tile saves them
+        return pooled, wts, h_used, nrm, m, g
+    return pooled, wts
+
+
+def backward_tile(
+    c: torch.Tensor,
+    f: torch.Tensor,
+    mean_w: torch.Tensor,
+    nrm: torch.Tensor,
+    h: torch.Tensor,
+    wts: torch.Tensor,
+    m: torch.Tensor,
+    g: torch.Tensor,
+    gv: torch.Tensor,
+    g_weights: Optional[torch.Tensor],
+    keep: Optional[torch.Tensor],
+    gate_keep: Optional[torch.Tensor],
+    scale2: float,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    u: torch.Tensor,
+    need_context: bool,
+    need_feature: bool,
+):
+    """One tile of the SAF backward as plain tensor operations, for ``torch.compile``: the
+    mathematics of :meth:`SAFPoolFunction.backward`'s eager tile. Returns the tile's context
+    and feature gradients (None where not needed) and its parts of the six parameter gradients."""
+    cd, acc = w1.dtype, w2.dtype
+    d = c.shape[-1]
+    s = c * f / nrm
+    g_used = g if gate_keep is None else g * gate_keep * scale2
+    ug = g_used * u  # (na, np, D)
+    g_a = (s * gv.unsqueeze(-2)).sum(dim=-1)  # (na, np, K)
+    if g_weights is not None:
+        g_a = g_a + g_weights
+    g_e = wts * (g_a - (wts * g_a).sum(dim=-1, keepdim=True))
+    g_ub = g_e.sum().reshape(1)
+    hf = h.to(acc)  # drop(tanh(L1 s)): zero where dropped
+    g_ug = (g_e.unsqueeze(-1) * hf).sum(dim=-2)  # (na, np, D)
+    g_h = g_e.unsqueeze(-1) * ug.unsqueeze(-2)
+    if keep is not None:
+        g_h = g_h * keep
+    g_z = (g_h * (1 - hf * hf)).to(cd).reshape(-1, d)  # grad of L1 s, compute dtype
+    s2 = s.to(cd).reshape(-1, d)
+    g_w1 = torch.mm(g_z.t(), s2).to(acc)
+    g_b1 = g_z.sum(dim=0, dtype=acc)
+    g_s = torch.mm(g_z, w1).to(acc).view(s.shape)
+    g_s = g_s + wts.unsqueeze(-1) * gv.unsqueeze(-2)
+    g_u = (g_ug * g_used).sum(dim=(0, 1)).unsqueeze(0)
+    g_g = g_ug * u
+    if gate_keep is not None:
+        g_g = g_g * gate_keep * scale2
+    g_gz = (g_g * (1 - g * g)).reshape(-1, d)
+    g_w2 = torch.mm(g_gz.t(), m.reshape(-1, d))
+    g_b2 = g_gz.sum(dim=0)
+    g_m = torch.mm(g_gz, w2).view(gv.shape)
+    g_s = g_s + mean_w.unsqueeze(-1) * g_m.unsqueeze(-2)
+    dot = (s * g_s).sum(dim=-1, keepdim=True) * (nrm > NORM_EPS)
+    g_x = (g_s - s * dot) / nrm
+    g_c = (g_x * f).to(c.dtype) if need_context else None
+    g_f = (g_x * c).sum(dim=0) if need_feature else None
+    return g_c, g_f, g_w1, g_b1, g_w2, g_b2, g_u, g_ub
+
+
+def _pool_forward_compiled(context, feature, mask, params, dropout, save, kernels):
+    """:func:`saf_pool_forward` with each tile run by the compiled :func:`forward_tile`."""
+    w1, b1, w2, b2, u, ub = params
+    n_a, n_p, k, d = context.shape
+    cd, acc, device = w1.dtype, w2.dtype, context.device
+    maskf = mask.to(acc)
+    mean_w = maskf / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    pooled = torch.empty(n_a, n_p, d, dtype=acc, device=device)
+    weights = torch.empty(n_a, n_p, k, dtype=acc, device=device)
+    saved: Optional[dict] = None
+    if save:
+        saved = {
+            "mean_w": mean_w,
+            "norms": torch.empty(n_a, n_p, k, 1, dtype=acc, device=device),
+            "act": torch.empty(n_a, n_p, k, d, dtype=cd, device=device),
+            "keep": torch.empty(n_a, n_p, k, d, dtype=torch.bool, device=device) if dropout > 0 else None,
+            "means": torch.empty(n_a, n_p, d, dtype=acc, device=device),
+            "gate": torch.empty(n_a, n_p, d, dtype=acc, device=device),
+            "gate_keep": torch.empty(n_a, n_p, d, dtype=torch.bool, device=device) if dropout > 0 else None,
+            "scale": 1.0,
+        }
+    budget = kernels.tile_elements(device)
+    for a0, a1, p0, p1 in _tiles(n_a, n_p, k * d, budget):
+        na, npp = a1 - a0, p1 - p0
+        km = gk = None
+        scale = 1.0
+        if dropout > 0:  # drawn as the eager tile draws them: the L1 mask, then the gate's
+            km, scale = keep_mask((na, npp, k, d), dropout, device,
+                                  out=saved["keep"][a0:a1, p0:p1] if saved is not None else None)
+            gk, _ = keep_mask((na * npp, d), dropout, device)
+            gk = gk.view(na, npp, d)
+        out = kernels.forward(
+            context[a0:a1, p0:p1], feature[p0:p1], mean_w[p0:p1], mask[p0:p1], w1, b1, w2, b2, u, ub,
+            km, gk, scale * scale, save,
+        )
+        pooled[a0:a1, p0:p1] = out[0]
+        weights[a0:a1, p0:p1] = out[1]
+        if saved is not None:
+            saved["act"][a0:a1, p0:p1] = out[2]
+            saved["norms"][a0:a1, p0:p1] = out[3]
+            saved["means"][a0:a1, p0:p1] = out[4]
+            saved["gate"][a0:a1, p0:p1] = out[5]
+            if km is not None:
+                saved["gate_keep"][a0:a1, p0:p1] = gk
+                saved["scale"] = scale
+    return pooled, weights, saved
+
+
+def _pool_backward_compiled(ctx, saved_tensors, grad_pooled, grad_weights, kernels):
+    """The backward with each tile run by the compiled :func:`backward_tile`."""
+    (context, feature, mask, mean_w, norms, act, keep, means, gate, gate_keep, weights, w1, w2, u) = saved_tensors
+    n_a, n_p, k, d = context.shape
+    device = context.device
+    acc = w2.dtype
+    dropout, scale = ctx.dropout, ctx.scale
+    grads = [torch.zeros(d, d, dtype=acc, device=device), torch.zeros(d, dtype=acc, device=device),
+             torch.zeros(d, d, dtype=acc, device=device), torch.zeros(d, dtype=acc, device=device),
+             torch.zeros(1, d, dtype=acc, device=device), torch.zeros(1, dtype=acc, device=device)]
+    need_c, need_f = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    g_context = torch.empty_like(context) if need_c else None
+    g_feature = torch.zeros_like(feature) if need_f else None
+    for a0, a1, p0, p1 in _tiles(n_a, n_p, k * d, kernels.tile_elements(device)):
+        out = kernels.backward(
+            context[a0:a1, p0:p1], feature[p0:p1], mean_w[p0:p1], norms[a0:a1, p0:p1], act[a0:a1, p0:p1],
+            weights[a0:a1, p0:p1], means[a0:a1, p0:p1], gate[a0:a1, p0:p1], grad_pooled[a0:a1, p0:p1],
+            None if grad_weights is None else grad_weights[a0:a1, p0:p1],
+            keep[a0:a1, p0:p1] if dropout > 0 else None, gate_keep[a0:a1, p0:p1] if dropout > 0 else None,
+            scale * scale, w1, w2, u, need_c, need_f,
+        )
+        if g_context is not None:
+            g_context[a0:a1, p0:p1] = out[0]
+        if g_feature is not None:
+            g_feature[p0:p1] += out[1]
+        for total, part in zip(grads, out[2:]):
+            total += part
+    return g_context, g_feature, grads
+
+
 class SAFPoolFunction(torch.autograd.Function):
     """Tiled SAF pooling with a hand-written backward (see the module docstring).
 
@@ -212,7 +434,8 @@ class SAFPoolFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, context, feature, mask, w1, b1, w2, b2, u, ub, dropout, compute=None):  # type: ignore[override]
+    def forward(ctx, context, feature, mask, w1, b1, w2, b2, u, ub, dropout, compute=None, kernels=None):  # type: ignore[override]
+        ctx.kernels = kernels
         ctx.param_dtypes = tuple(t.dtype for t in (w1, b1, w2, b2, u, ub))
         ctx.feature_dtype = feature.dtype
         compute = context.dtype if compute is None else compute
@@ -220,7 +443,8 @@ class SAFPoolFunction(torch.autograd.Function):
         with torch.autocast(device_type=context.device.type, enabled=False):
             feature = feature.to(acc)
             params = _cast_params((w1, b1, w2, b2, u, ub), compute)
-            pooled, weights, saved = saf_pool_forward(context, feature, mask, params, dropout, save=True)
+            extra = {} if kernels is None else {"kernels": kernels}
+            pooled, weights, saved = saf_pool_forward(context, feature, mask, params, dropout, save=True, **extra)
         assert saved is not None
         w1c, _, w2c, _, uc, _ = params
         ctx.save_for_backward(
@@ -246,6 +470,13 @@ class SAFPoolFunction(torch.autograd.Function):
             grad_pooled = grad_pooled.to(acc)
             if grad_weights is not None:
                 grad_weights = grad_weights.to(acc)
+            kernels = ctx.kernels
+            result = None
+            if kernels is not None and kernels.usable(device):
+                result = kernels.run(_pool_backward_compiled, ctx, ctx.saved_tensors, grad_pooled, grad_weights, kernels)
+            if result is not None:
+                g_context, g_feature, acc_grads = result
+                return _input_grads(ctx, g_context, g_feature, acc_grads)
             # Parameter gradients are sums over every pair and position: accumulated in
             # float32 at least, whatever the compute dtype.
             g_w1 = torch.zeros(d, d, dtype=acc, device=device)
@@ -324,8 +555,12 @@ class SAFPoolFunction(torch.autograd.Function):
                     for i in range(na):
                         g_feature[p0:p1].addcmul_(g_s[i], c[i])
 
-        dtypes = ctx.param_dtypes
-        grads = [g.to(t) for g, t in zip((g_w1, g_b1, g_w2, g_b2, g_u, g_ub), dtypes)]
-        if g_feature is not None:
-            g_feature = g_feature.to(ctx.feature_dtype)
-        return (g_context, g_feature, None, *grads, None, None)
+        return _input_grads(ctx, g_context, g_feature, (g_w1, g_b1, g_w2, g_b2, g_u, g_ub))
+
+
+def _input_grads(ctx, g_context, g_feature, param_grads) -> tuple:
+    """The backward's return value: the gradients in the dtypes of the forward's inputs."""
+    grads = [g.to(t) for g, t in zip(param_grads, ctx.param_dtypes)]
+    if g_feature is not None:
+        g_feature = g_feature.to(ctx.feature_dtype)
+    return (g_context, g_feature, None, *grads, None, None, None)

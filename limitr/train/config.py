@@ -15,7 +15,7 @@ _DEFAULTS = TrainSettings()
 #: and ``seed`` (the training seed, null = ``base.seed``; it reaches the loop as an argument).
 STAGE_KEYS: tuple[str, ...] = TrainSettings.STAGE_KEYS
 #: Knobs that may change when a run is resumed (they do not alter the steps already taken).
-RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers")
+RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers", "compile")
 
 
 @dataclass
@@ -30,6 +30,8 @@ class TrainConfig:
     max_steps_per_epoch: cap for quick runs (None = every full global batch);
     num_workers: DataLoader worker processes per training process, or "auto" (chosen from
     the cores, see ``limitr.train.loop.resolve_num_workers``); results do not depend on it;
+    compile: the local alignment compiled with torch.compile, "auto", true or false (see
+    ``limitr.model.compiled.choose``); results agree with eager within float32 rounding;
     val_rerank_top_k: validation ranks each query's global top-K by the total score (None =
     every pair scored with the local alignment, O(n^2)); val_max_studies: validation uses a
     fixed seeded subset of at most this many studies (None = all). See limitr/train/validate.py.
@@ -50,6 +52,7 @@ class TrainConfig:
     plateau_patience: int = _DEFAULTS.plateau_patience
     mixed_precision: Union[str, bool] = _DEFAULTS.mixed_precision
     num_workers: Union[int, str] = _DEFAULTS.num_workers
+    compile: Union[str, bool] = _DEFAULTS.compile
     max_steps_per_epoch: Optional[int] = _DEFAULTS.max_steps_per_epoch
     val_rerank_top_k: Optional[int] = _DEFAULTS.val_rerank_top_k
     val_max_studies: Optional[int] = _DEFAULTS.val_max_studies
@@ -72,7 +75,7 @@ class TrainConfig:
                     kwargs[key] = (b[0], b[1])
                 elif key == "num_workers" and isinstance(value, str) and value.strip().lower() == "auto":
                     kwargs[key] = "auto"
-                elif key == "mixed_precision":
+                elif key in ("mixed_precision", "compile"):
                     kwargs[key] = value if isinstance(value, bool) else str(value).lower()
                 elif key == "num_workers" and str(value).lower() == "auto":
                     kwargs[key] = "auto"
@@ -102,6 +105,8 @@ class TrainConfig:
             raise LimitrError("train.lr, train.image_lr and train.head_lr must be positive")
         if self.mixed_precision not in ("auto", True, False, "true", "false"):
             raise LimitrError(f"train.mixed_precision must be auto, true or false, got {self.mixed_precision!r}")
+        if self.compile not in ("auto", True, False, "true", "false"):
+            raise LimitrError(f"train.compile must be auto, true or false, got {self.compile!r}")
         if not 0 < self.plateau_factor < 1:
             raise LimitrError(f"train.plateau_factor must be in (0, 1), got {self.plateau_factor}")
         if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):

@@ -48,12 +48,14 @@ class TrainCallbacks:
     """Hooks for the caller's display and curve logging. on_start(total_steps, steps_done);
     on_step and on_epoch receive each step's and epoch's row; on_history(steps, epochs) gets
     the rows a resumed run already has (empty lists for a new run) before training starts,
-    so a curve logger can start afresh without rows of a cut-short epoch."""
+    so a curve logger can start afresh without rows of a cut-short epoch; on_compile gets one
+    line saying whether the local alignment runs compiled or eager, and why."""
 
     on_start: Optional[Callable[[int, int], None]] = None
     on_step: Optional[Callable[[dict], None]] = None
     on_epoch: Optional[Callable[[dict], None]] = None
     on_history: Optional[Callable[[list, list], None]] = None
+    on_compile: Optional[Callable[[str], None]] = None
 
 
 @dataclass
@@ -233,6 +235,7 @@ class _Run:
     autocast_dtype: Optional[torch.dtype]
     device: torch.device
     fingerprint: dict
+    compile: Any = None  # limitr.model.compiled.CompileChoice: what train.compile resolved to
 
 
 @dataclass
@@ -262,6 +265,7 @@ def train(
     dist: DistContext = DistContext(),
     progress: ProgressFn = None,
     callbacks: Optional[TrainCallbacks] = None,
+    compile_cache: Optional[Path] = None,
 ) -> TrainResult:
     """Train LIMITR on ``shards``/``tokens`` (train split), validate on the validate split
     each epoch, write checkpoints into ``out`` and curves into ``metrics_dir`` (rank 0).
@@ -269,14 +273,15 @@ def train(
     model_cfg: a ``ModelConfig``. resume: True = continue ``out/last`` (error when it does
     not fit this run), False = start afresh, None = continue when ``out/last`` holds an
     unfinished run that fits. ``dist`` comes from ``init_distributed``; ``device`` is this
-    process's device. ``progress`` advances once per optimizer step.
+    process's device. ``progress`` advances once per optimizer step. ``compile_cache``: the
+    folder of the compiled kernels when ``train_cfg.compile`` compiles (None = torch's default).
     """
     started = time.perf_counter()
     out = Path(out)
     cb = callbacks or TrainCallbacks()
     store_existed = (out / STORE_DIR).exists()
     try:
-        run = setup_run(model_cfg, train_cfg, shards, tokens, out, seed, torch.device(device), dist)
+        run = setup_run(model_cfg, train_cfg, shards, tokens, out, seed, torch.device(device), dist, compile_cache)
         state, resumed_from = restore_state(run, out, resume)
     except BaseException:
         if dist.is_main and not store_existed:  # a run that cannot start leaves the folder as it was
@@ -293,6 +298,8 @@ def train(
     total_steps = train_cfg.epochs * len(run.sampler)
     if cb.on_start:
         cb.on_start(total_steps, min(state.step, total_steps))
+    if cb.on_compile and run.compile is not None:
+        cb.on_compile(run.compile.line())
     for epoch in range(state.epoch, train_cfg.epochs):
         if state.stopped_early:
             break
@@ -314,6 +321,8 @@ def train(
     summary = _summary(state.epochs, state.best, state.stopped_early, seconds, run.train_set, run.val_set,
                        dist, state.step)
     summary["precision"] = str(run.autocast_dtype or "float32").replace("torch.", "")  # what auto resolved to
+    if run.compile is not None:
+        summary["compile"] = run.compile.summary()
     if dist.is_main:
         curves.write_summary(summary)
         shutil.rmtree(out / STORE_DIR, ignore_errors=True)  # rebuilt from the shards when needed
@@ -321,9 +330,9 @@ def train(
 
 
 def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path, out: Path, seed: int,
-              device: torch.device, dist: DistContext) -> _Run:
+              device: torch.device, dist: DistContext, compile_cache: Optional[Path] = None) -> _Run:
     """Datasets, loaders, model, optimizer, schedule and grad scaler of a run."""
-    from limitr.model import LIMITR
+    from limitr.model import LIMITR, compiled
 
     if device.type == "cuda":
         # Fixed image sizes: cuDNN may pick its fastest kernels. The scores run in float32
@@ -350,6 +359,14 @@ def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path
 
     seed_everything(seed)
     model = LIMITR(model_cfg).to(device)
+    regions = compiled.region_count(train_cfg.crop_size, train_cfg.upsample_to, model_cfg.local_layer, model_cfg.lateral)
+    choice = compiled.choose(
+        train_cfg.compile, device, steps=train_cfg.epochs * len(sampler),
+        elements_per_step=compiled.saf_elements_per_step(
+            train_cfg.batch_size, train_set.token_length, regions, model_cfg.embed_dim, dist.world_size),
+        cache_dir=compile_cache,
+    )
+    compiled.attach(model, choice.kernels)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience
@@ -361,6 +378,7 @@ def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path
         trainable=[p for g in optimizer.param_groups for p in g["params"]],
         train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, val_loader=val_loader,
         autocast_dtype=autocast_dtype, device=device,
+        compile=choice,
         fingerprint=_fingerprint(model_cfg.to_dict(), train_cfg.to_dict(), seed, dist.world_size, train_set.study_ids,
                                  input_digest(shards, tokens)),
     )
