@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+import torch._dynamo.config  # noqa: F401 - the limits patched in run
 import torch.fx.experimental._config  # noqa: F401 - the shape settings patched in run
 
 LOG = logging.getLogger("limitr.compile")
@@ -55,6 +56,8 @@ CPU_AUTO_REASON = ("auto is eager on CPUs: the compiled local alignment measured
 #: Elements of a (pairs, K, D) tile per compiled call on a CPU (2^17 measured no better
 #: than the eager tiles' 2^21 on the 2-core CPU; fewer calls cost less Python).
 COMPILED_CPU_TILE_ELEMENTS = 1 << 21
+#: Graphs allowed per tile function (dynamo's default, 8, is below what the default's shapes need).
+RECOMPILE_LIMIT = 64
 #: Region grid stride of each ResNet stage the region features may come from.
 STAGE_STRIDE = {"layer2": 8, "layer3": 16, "layer4": 32}
 
@@ -152,7 +155,11 @@ class SAFKernels:
             # No duck sizing: sizes that happen to be equal in one call (pairs and reports,
             # say) get symbols of their own, so that a later call where they differ does not
             # compile again. (A size of 1 still gets a graph of its own: one more at most per dim.)
-            with torch.fx.experimental._config.patch(use_duck_shape=False):
+            # Each variant (training or inference, with or without dropout, a tile of one row)
+            # is a graph of its own: a dozen at the default's shapes, above dynamo's default
+            # limit of 8 per function, after which fullgraph compiles fail.
+            with torch.fx.experimental._config.patch(use_duck_shape=False), \
+                    torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 result = fn(*args)
         except Exception as exc:  # noqa: BLE001 - any failure of the compiler means eager
             self.failure = _one_line(exc)

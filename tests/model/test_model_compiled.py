@@ -92,6 +92,24 @@ def test_varying_shapes_do_not_recompile(cache: Path) -> None:
     assert kernels.graphs == warm, (warm, kernels.graphs)
 
 
+def test_every_variant_stays_compiled(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training and inference, with and without dropout, tiles of one row and partial tiles:
+    more graphs than dynamo allows one function by default, none of them a fallback."""
+    monkeypatch.setattr(compiled, "COMPILED_CPU_TILE_ELEMENTS", 3 * 12 * D)  # rows of 3 pairs, one-row tiles
+    torch.manual_seed(0)
+    module = LocalAlignment(D, temp1=4.0, saf_dropout=0.3)
+    kernels = SAFKernels("cpu")
+    attach(module, kernels)
+    for b, n, m in ((7, 9, 12), (5, 6, 8)):
+        for train in (True, False):
+            module.train(train)
+            _step(module, _inputs(b, n, m, torch.float32))
+            with torch.no_grad():
+                module(*_inputs(b, n, m, torch.float32))
+    assert kernels.failure is None, kernels.failure
+    assert kernels.graphs > 8, kernels.graphs  # dynamo's default limit per function would have failed
+
+
 def test_a_failing_compile_falls_back_to_the_same_numbers(caplog: pytest.LogCaptureFixture) -> None:
     def broken(fn):
         def run(*args, **kwargs):
