@@ -120,6 +120,34 @@ def _tiles(a: int, p: int, row_elements: int, budget: int) -> list[tuple[int, in
     return [(a0, a0 + 1, p0, min(p0 + step, p)) for a0 in range(a) for p0 in range(0, p, step)]
 
 
+def _forward_buffers(shape: torch.Size, mask: torch.Tensor, cd: torch.dtype, acc: torch.dtype, dropout: float,
+                     save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[dict]]:
+    """What both forwards (eager and compiled tiles) fill: the mean weights (P, K), pooled
+    (A, P, D) and weights (A, P, K) in the accumulate dtype, and, when ``save``, the buffers the
+    backward reads, which either backward can use."""
+    n_a, n_p, k, d = shape
+    device = mask.device
+    maskf = mask.to(acc)
+    mean_w = maskf / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (P, K)
+    pooled = torch.empty(n_a, n_p, d, dtype=acc, device=device)
+    weights = torch.empty(n_a, n_p, k, dtype=acc, device=device)
+    saved: Optional[dict] = None
+    if save:
+        saved = {
+            "mean_w": mean_w,
+            "norms": torch.empty(n_a, n_p, k, 1, dtype=acc, device=device),
+            # drop(tanh(L1 s)) before the rescale, in the compute dtype: the backward needs
+            # tanh only where it was kept (the gradient is zero where it was dropped).
+            "act": torch.empty(n_a, n_p, k, d, dtype=cd, device=device),
+            "keep": torch.empty(n_a, n_p, k, d, dtype=torch.bool, device=device) if dropout > 0 else None,
+            "means": torch.empty(n_a, n_p, d, dtype=acc, device=device),
+            "gate": torch.empty(n_a, n_p, d, dtype=acc, device=device),  # tanh(L2 m), pre-dropout
+            "gate_keep": torch.empty(n_a, n_p, d, dtype=torch.bool, device=device) if dropout > 0 else None,
+            "scale": 1.0,
+        }
+    return mean_w, pooled, weights, saved
+
+
 def saf_pool_forward(
     context: torch.Tensor,
     feature: torch.Tensor,
@@ -145,24 +173,7 @@ def saf_pool_forward(
     w1, b1, w2, b2, u, ub = params
     n_a, n_p, k, d = context.shape
     cd, acc, device = w1.dtype, w2.dtype, context.device
-    maskf = mask.to(acc)
-    mean_w = maskf / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (P, K)
-    pooled = torch.empty(n_a, n_p, d, dtype=acc, device=device)
-    weights = torch.empty(n_a, n_p, k, dtype=acc, device=device)
-    saved: Optional[dict] = None
-    if save:
-        saved = {
-            "mean_w": mean_w,
-            "norms": torch.empty(n_a, n_p, k, 1, dtype=acc, device=device),
-            # drop(tanh(L1 s)) before the rescale, in the compute dtype: the backward needs
-            # tanh only where it was kept (the gradient is zero where it was dropped).
-            "act": torch.empty(n_a, n_p, k, d, dtype=cd, device=device),
-            "keep": torch.empty(n_a, n_p, k, d, dtype=torch.bool, device=device) if dropout > 0 else None,
-            "means": torch.empty(n_a, n_p, d, dtype=acc, device=device),
-            "gate": torch.empty(n_a, n_p, d, dtype=acc, device=device),  # tanh(L2 m), pre-dropout
-            "gate_keep": torch.empty(n_a, n_p, d, dtype=torch.bool, device=device) if dropout > 0 else None,
-            "scale": 1.0,
-        }
+    mean_w, pooled, weights, saved = _forward_buffers(context.shape, mask, cd, acc, dropout, save)
     budget = CPU_TILE_ELEMENTS if device.type == "cpu" else DEVICE_TILE_ELEMENTS
     # On a CPU in float32, tanh runs as 2 sigmoid(2x) - 1 (three vectorised passes cost less
     # than torch's tanh there, about 1.1 against 2.8 ns an element); the 2 goes into L1.
@@ -347,22 +358,7 @@ def _pool_forward_compiled(context, feature, mask, params, dropout, save, kernel
     w1, b1, w2, b2, u, ub = params
     n_a, n_p, k, d = context.shape
     cd, acc, device = w1.dtype, w2.dtype, context.device
-    maskf = mask.to(acc)
-    mean_w = maskf / maskf.sum(dim=-1, keepdim=True).clamp_min(1.0)
-    pooled = torch.empty(n_a, n_p, d, dtype=acc, device=device)
-    weights = torch.empty(n_a, n_p, k, dtype=acc, device=device)
-    saved: Optional[dict] = None
-    if save:
-        saved = {
-            "mean_w": mean_w,
-            "norms": torch.empty(n_a, n_p, k, 1, dtype=acc, device=device),
-            "act": torch.empty(n_a, n_p, k, d, dtype=cd, device=device),
-            "keep": torch.empty(n_a, n_p, k, d, dtype=torch.bool, device=device) if dropout > 0 else None,
-            "means": torch.empty(n_a, n_p, d, dtype=acc, device=device),
-            "gate": torch.empty(n_a, n_p, d, dtype=acc, device=device),
-            "gate_keep": torch.empty(n_a, n_p, d, dtype=torch.bool, device=device) if dropout > 0 else None,
-            "scale": 1.0,
-        }
+    mean_w, pooled, weights, saved = _forward_buffers(context.shape, mask, cd, acc, dropout, save)
     budget = kernels.tile_elements(device)
     for a0, a1, p0, p1 in _tiles(n_a, n_p, k * d, budget):
         na, npp = a1 - a0, p1 - p0
