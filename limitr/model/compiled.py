@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,12 @@ def use_cache_dir(path: Union[str, Path]) -> Path:
     (path / "inductor").mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path / "inductor")
     os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+    # inductor fixes the folder of its precompiled C++ headers when it is first imported;
+    # when that has happened already, move it too so nothing lands in the system's /tmp.
+    codecache = sys.modules.get("torch._inductor.codecache")
+    if codecache is not None and hasattr(codecache, "_HEADER_DIR"):
+        codecache._HEADER_DIR = str(path / "inductor" / "precompiled_headers")
+        codecache._HEADER_LOCK_DIR = os.path.join(codecache._HEADER_DIR, "locks")
     return path
 
 

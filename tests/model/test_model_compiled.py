@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._inductor.codecache as codecache  # imported before the cache is named, as in a long run
 
 from limitr.model import compiled
 from limitr.model.alignment import LocalAlignment
@@ -71,6 +72,7 @@ def test_compiled_matches_eager_with_dropout(cache: Path, dtype: torch.dtype, to
     for a, b in zip(got, ref):
         assert torch.allclose(a, b, atol=tol, rtol=tol)
     assert any((cache / "inductor").iterdir())  # the kernels went to the named folder ...
+    assert Path(codecache._HEADER_DIR).is_relative_to(cache)  # with the precompiled headers
     assert _system_cache_files() <= before  # ... and nothing to the system's temporary folder
 
 
