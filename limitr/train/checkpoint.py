@@ -5,13 +5,15 @@ Layout of a run folder ``out``::
     out/config.json        model and train configs, seed, process count
     out/report.json        studies used per split and records left out, by reason
     out/best/              the best epoch by validation r_sum: config.json, model.safetensors,
-                           metrics.json (its validation figures)
-    out/last/              the latest finished epoch: config.json, model.safetensors, state.pt
+                           metrics.json (its validation figures); with ``train.ema_decay`` the
+                           weight average, which is what validation scored
+    out/last/              the latest finished epoch: config.json, model.safetensors (the raw
+                           weights the optimizer steps), state.pt
     out/.image-store/      while training: the train and validate images read on demand
                            (limitr.data.studies), removed when the run ends
 
 ``state.pt`` holds the optimizer, scheduler, grad-scaler and RNG states, the epoch and step
-counters, the early-stopping record and the curves so far: plain tensors, numbers, strings,
+counters, the early-stopping record, the weight average (``train.ema_decay``) and the curves so far: plain tensors, numbers, strings,
 lists and dicts, written with ``torch.save`` and read with ``weights_only=True`` (no pickled
 objects). Each checkpoint folder is written under a temporary name and renamed into place,
 so a kill leaves the previous one whole.

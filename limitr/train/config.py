@@ -24,8 +24,9 @@ class TrainConfig:
 
     image_lr: learning rate of the image encoders (None = ``lr``); head_lr: learning rate of
     the randomly initialised text projection, SAF and score heads (None = ``lr``, as in the
-    paper); grad_clip: max global L2
-    norm (None or 0 = off); patience: epochs without a better validation r_sum before
+    paper); grad_clip: max global L2 norm (None or 0 = off); ema_decay: validate, and keep as
+    best/, a moving average of the weights with this decay per step (None = the raw weights;
+    see limitr/train/averaging.py); patience: epochs without a better validation r_sum before
     stopping (None = never); mixed_precision: "auto" (on CUDA and on CPUs with native bf16), true or false;
     max_steps_per_epoch: cap for quick runs (None = every full global batch);
     num_workers: DataLoader worker processes per training process, or "auto" (chosen from
@@ -47,6 +48,7 @@ class TrainConfig:
     betas: tuple[float, float] = _DEFAULTS.betas
     weight_decay: float = _DEFAULTS.weight_decay
     grad_clip: Optional[float] = _DEFAULTS.grad_clip
+    ema_decay: Optional[float] = _DEFAULTS.ema_decay
     patience: Optional[int] = _DEFAULTS.patience
     plateau_factor: float = _DEFAULTS.plateau_factor
     plateau_patience: int = _DEFAULTS.plateau_patience
@@ -107,6 +109,8 @@ class TrainConfig:
             raise LimitrError(f"train.mixed_precision must be auto, true or false, got {self.mixed_precision!r}")
         if self.compile not in ("auto", True, False, "true", "false"):
             raise LimitrError(f"train.compile must be auto, true or false, got {self.compile!r}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise LimitrError(f"train.ema_decay must be null or in [0, 1), got {self.ema_decay}")
         if not 0 < self.plateau_factor < 1:
             raise LimitrError(f"train.plateau_factor must be in (0, 1), got {self.plateau_factor}")
         if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):

@@ -10,6 +10,7 @@ epoch ``e`` follows the uninterrupted run exactly on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -29,6 +30,7 @@ from limitr.files import write_json
 from limitr.model.precision import cpu_bf16_dot_products
 from limitr.progress import ProgressFn, advance
 from limitr.train import checkpoint as ckpt
+from limitr.train.averaging import WeightAverage
 from limitr.train.config import RESUMABLE_CHANGES, TrainConfig
 from limitr.train.curves import CurveWriter
 from limitr.data.prepare import ModelInputs, collate_studies
@@ -236,6 +238,11 @@ class _Run:
     device: torch.device
     fingerprint: dict
     compile: Any = None  # limitr.model.compiled.CompileChoice: what train.compile resolved to
+    average: Optional[WeightAverage] = None  # train.ema_decay: the weights validated and kept as best/
+
+    def evaluated(self):
+        """The weights validation scores and best/ keeps: the average when there is one."""
+        return self.average.applied(self.model) if self.average is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -379,6 +386,7 @@ def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path
         train_set=train_set, val_set=val_set, sampler=sampler, loader=loader, val_loader=val_loader,
         autocast_dtype=autocast_dtype, device=device,
         compile=choice,
+        average=WeightAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay is not None else None,
         fingerprint=_fingerprint(model_cfg.to_dict(), train_cfg.to_dict(), seed, dist.world_size, train_set.study_ids,
                                  input_digest(shards, tokens)),
     )
@@ -422,6 +430,8 @@ def restore_state(run: _Run, out: Path, resume: Optional[bool]) -> tuple[_State,
     run.scheduler.load_state_dict(saved["scheduler"])
     if saved.get("scaler"):
         run.scaler.load_state_dict(saved["scaler"])
+    if run.average is not None:
+        run.average.load_state_dict(saved["average"])
     ckpt.set_rng_states(saved["rng"])
     state = _State(
         epoch=int(saved["epoch"]), step=int(saved["step"]), seconds=float(saved["seconds"]),
@@ -476,6 +486,8 @@ def train_epoch(run: _Run, train_cfg: TrainConfig, model_cfg: Any, epoch: int, s
             run.step_module, inputs, run.optimizer, run.scaler, run.trainable, train_cfg.grad_clip,
             run.device, run.autocast_dtype,
         )
+        if run.average is not None:
+            run.average.update(run.model)
         state.step += 1
         n_steps += 1
         loss = float(losses.total.detach())
@@ -506,16 +518,17 @@ def train_epoch(run: _Run, train_cfg: TrainConfig, model_cfg: Any, epoch: int, s
 
 
 def run_validation(run: _Run, train_cfg: TrainConfig, model_cfg: Any, dist: DistContext) -> dict:
-    """Validation figures on rank 0, broadcast so that every rank steps the schedule and
-    stops alike."""
+    """Validation figures on rank 0 (of the weight average when ``train.ema_decay`` keeps one),
+    broadcast so that every rank steps the schedule and stops alike."""
     figures = {}
     if dist.is_main:
-        figures = validate(
-            run.model, _batches(run.val_loader), run.device, upsample_to=train_cfg.upsample_to,
-            lateral=model_cfg.lateral, autocast_dtype=run.autocast_dtype, chunk=model_cfg.score_chunk,
-            rerank_top_k=train_cfg.val_rerank_top_k,
-            local_weights=LOCAL_WEIGHT_GRID if model_cfg.score_local_weight == "validate" else None,
-        )
+        with run.evaluated():
+            figures = validate(
+                run.model, _batches(run.val_loader), run.device, upsample_to=train_cfg.upsample_to,
+                lateral=model_cfg.lateral, autocast_dtype=run.autocast_dtype, chunk=model_cfg.score_chunk,
+                rerank_top_k=train_cfg.val_rerank_top_k,
+                local_weights=LOCAL_WEIGHT_GRID if model_cfg.score_local_weight == "validate" else None,
+            )
     keys = (*RECALL_KEYS, "r_sum", "r_sum_global", "score_local_weight")
     return dict(zip(keys, broadcast_floats([figures.get(k, 0.0) for k in keys], dist, run.device)))
 
@@ -548,7 +561,8 @@ def save_epoch(run: _Run, out: Path, state: _State, *, improved: bool, finished:
     """best/ when the epoch improved, and last/ with everything a resume needs (each written
     under a temporary name and renamed into place)."""
     if improved:
-        ckpt.save_checkpoint(run.model, out / ckpt.BEST_DIR, metrics=epoch_row)
+        with run.evaluated():  # the weights validation scored
+            ckpt.save_checkpoint(run.model, out / ckpt.BEST_DIR, metrics=epoch_row)
     ckpt.save_checkpoint(run.model, out / ckpt.LAST_DIR, state={
         "epoch": state.epoch,
         "step": state.step,
@@ -560,6 +574,7 @@ def save_epoch(run: _Run, out: Path, state: _State, *, improved: bool, finished:
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
         "rng": ckpt.rng_states(),
+        **({"average": run.average.state_dict()} if run.average is not None else {}),
         "fingerprint": run.fingerprint,
         "steps": state.steps,
         "epochs": state.epochs,
