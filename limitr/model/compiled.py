@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

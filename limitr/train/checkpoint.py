@@ -13,9 +13,9 @@ Layout of a run folder ``out``::
                            (limitr.data.studies), removed when the run ends
 
 ``state.pt`` holds the optimizer, scheduler, grad-scaler and RNG states, the epoch and step
-counters, the early-stopping record, the weight average (``train.ema_decay``) and the curves so far: plain tensors, numbers, strings,
-lists and dicts, written with ``torch.save`` and read with ``weights_only=True`` (no pickled
-objects). Each checkpoint folder is written under a temporary name and renamed into place,
+counters, the early-stopping record, the weight average (``train.ema_decay``) and the curves
+so far: plain tensors, numbers, strings, lists and dicts, written with ``torch.save`` and read
+with ``weights_only=True`` (no pickled objects). Each checkpoint folder is written under a temporary name and renamed into place,
 so a kill leaves the previous one whole.
 """
 
