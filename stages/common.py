@@ -329,9 +329,11 @@ class LogProgress:
         print(text, file=self.file, flush=True)
 
     def close(self) -> None:
+        """The last line, when there is news since the previous one: nothing when no work
+        was done (a stage that stops on bad input ends with its one error line)."""
         if not self.closed:
             self.closed = True
-            if self.n != self._last_n or self.n == 0:
+            if self.n != self._last_n:
                 self._emit()
 
     def __enter__(self) -> "LogProgress":

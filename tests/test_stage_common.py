@@ -114,6 +114,22 @@ def test_log_progress_a_line_every_30_seconds_when_slow_or_unknown() -> None:
     assert 33 <= len(lines) <= 35 and "loss=0.5" in lines[0]
 
 
+def test_log_progress_says_nothing_when_no_work_was_done() -> None:
+    import io
+
+    from stages.common import LogProgress
+
+    out, clock = io.StringIO(), _Clock()
+    bar = LogProgress(None, "train", unit="step", file=out, clock=clock)
+    clock.now += 3.0  # a stage that stops on bad input before its first step
+    bar.close()
+    assert out.getvalue() == ""
+    bar = LogProgress(10, "embed", unit="item", file=out, clock=clock)
+    bar.update(4)
+    bar.close()
+    assert out.getvalue().splitlines() == ["embed: 4/10 (40%) item, 0 s, 0 item/s"]
+
+
 def test_progress_bar_in_a_log_is_plain_lines(monkeypatch) -> None:
     import io
 
