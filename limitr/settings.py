@@ -224,8 +224,8 @@ class TrainSettings(Section):
     weight_decay: float = Field(1.0e-6, ge=0.0)
     grad_clip: Optional[float] = Field(0.25, ge=0.0, description="max global gradient norm (null or 0 = off)")
     ema_decay: Optional[float] = Field(
-        None, ge=0.0, lt=1.0, description="validate and keep a moving average of the weights with this decay per "
-        "step, e.g. 0.995 (null = the raw weights, as in the paper)")
+        0.995, ge=0.0, lt=1.0, description="validate and keep a moving average of the weights with this decay per "
+        "step (null = the raw weights, as in the paper)")
     patience: Optional[int] = Field(5, ge=1, description="epochs without a better r_sum before stopping")
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(1, ge=0)

@@ -32,6 +32,7 @@ def test_paper_preset_holds_the_paper_settings() -> None:
     assert (train["batch_size"], train["epochs"], train["crop_size"], train["upsample_to"]) == (48, 50, 224, 299)
     assert (train["lr"], list(train["betas"]), train["weight_decay"], train["grad_clip"]) == (5e-5, [0.5, 0.999], 1e-6, 0.25)
     assert train["mixed_precision"] is True and train["patience"] == 5
+    assert train["ema_decay"] is None  # the paper validates and keeps the raw weights
     assert model["image_backbone"] == "resnet50" and model["embed_dim"] == 768
     assert model["text_encoder"] == params["tokenize"]["tokenizer"] == "emilyalsentzer/Bio_ClinicalBERT"
     assert params["preprocess"]["image_size"] == 256
