@@ -290,12 +290,13 @@ def test_full_disk_while_train_saves_a_checkpoint(killed_and_resumed, one_epoch)
     mount = work / "full-train"
     out = mount / "out"
     ckpt_size = _size(work / "data/model/last")
+    first_size = _size(work / "data/model/best")  # best/ is written first, then last/
     store = _size(work / "data/shards/train") + _size(work / "data/shards/validate")  # the store is about this
     script = ("import sys, torch; from safetensors.torch import load_file; "
               "a = load_file(sys.argv[1] + '/last/model.safetensors'); b = load_file(sys.argv[2] + '/last/model.safetensors'); "
               "print('SAME:', a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a))")
     result, line = _on_full_disk(
-        work, mount, store + ckpt_size // 2,
+        work, mount, store + first_size // 2,
         ["train", "--out", str(out), "--metrics", str(mount / "metrics"), "--epochs", "1"],
         [sys.executable, "-c", script, str(out), str(work / "one-epoch")], store * 4 + ckpt_size * 8)
     assert line.startswith(f"error: train: no space left on the disk while writing {out}/"), line
