@@ -15,8 +15,8 @@ Layout of a run folder ``out``::
 ``state.pt`` holds the optimizer, scheduler, grad-scaler and RNG states, the epoch and step
 counters, the early-stopping record, the weight average (``train.ema_decay``) and the curves
 so far: plain tensors, numbers, strings, lists and dicts, written with ``torch.save`` and read
-with ``weights_only=True`` (no pickled objects). Each checkpoint folder is written under a temporary name and renamed into place,
-so a kill leaves the previous one whole.
+with ``weights_only=True`` (no pickled objects). Each checkpoint folder is written under a
+temporary name and renamed into place, so a kill leaves the previous one whole.
 """
 
 from __future__ import annotations
