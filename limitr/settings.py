@@ -227,6 +227,10 @@ class TrainSettings(Section):
         0.995, ge=0.0, lt=1.0, description="validate and keep a moving average of the weights with this decay per "
         "step (null = the raw weights, as in the paper)")
     patience: Optional[int] = Field(5, ge=1, description="epochs without a better r_sum before stopping")
+    schedule: Literal["plateau", "cosine"] = Field(
+        "plateau", description="learning-rate schedule: plateau (halve on a validation plateau, as in the paper) | "
+        "cosine (per step from each rate down to 0 at the last step)")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 (cosine schedule only)")
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(1, ge=0)
     mixed_precision: Union[Literal["auto"], bool] = Field("auto", description="auto (CUDA; CPUs with native bf16) | true | false")

@@ -17,6 +17,10 @@ STAGE_KEYS: tuple[str, ...] = TrainSettings.STAGE_KEYS
 #: Knobs that may change when a run is resumed (they do not alter the steps already taken).
 RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers", "compile")
 
+#: Learning-rate schedules: ``plateau`` (the paper's, on the validation r_sum, per epoch) and
+#: ``cosine`` (per step, from each group's rate down to 0 at the run's last step).
+SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
+
 
 @dataclass
 class TrainConfig:
@@ -27,7 +31,10 @@ class TrainConfig:
     paper); grad_clip: max global L2 norm (None or 0 = off); ema_decay: validate, and keep as
     best/, a moving average of the weights with this decay per step (None = the raw weights;
     see limitr/train/averaging.py); patience: epochs without a better validation r_sum before
-    stopping (None = never); mixed_precision: "auto" (on CUDA and on CPUs with native bf16), true or false;
+    stopping (None = never); schedule: "plateau" (halve the rates after ``plateau_patience``
+    epochs without a better validation r_sum) or "cosine" (per step, after ``warmup_steps`` of
+    linear warm-up, down to 0 at the last step; ``epochs`` then shapes the schedule and a run
+    cannot be resumed with another); mixed_precision: "auto" (on CUDA and on CPUs with native bf16), true or false;
     max_steps_per_epoch: cap for quick runs (None = every full global batch);
     num_workers: DataLoader worker processes per training process, or "auto" (chosen from
     the cores, see ``limitr.train.loop.resolve_num_workers``); results do not depend on it;
@@ -50,6 +57,8 @@ class TrainConfig:
     grad_clip: Optional[float] = _DEFAULTS.grad_clip
     ema_decay: Optional[float] = _DEFAULTS.ema_decay
     patience: Optional[int] = _DEFAULTS.patience
+    schedule: str = _DEFAULTS.schedule
+    warmup_steps: int = _DEFAULTS.warmup_steps
     plateau_factor: float = _DEFAULTS.plateau_factor
     plateau_patience: int = _DEFAULTS.plateau_patience
     mixed_precision: Union[str, bool] = _DEFAULTS.mixed_precision
@@ -77,6 +86,8 @@ class TrainConfig:
                     kwargs[key] = (b[0], b[1])
                 elif key == "num_workers" and isinstance(value, str) and value.strip().lower() == "auto":
                     kwargs[key] = "auto"
+                elif key == "schedule":
+                    kwargs[key] = str(value).strip().lower()
                 elif key in ("mixed_precision", "compile"):
                     kwargs[key] = value if isinstance(value, bool) else str(value).lower()
                 elif key == "num_workers" and str(value).lower() == "auto":
@@ -84,7 +95,7 @@ class TrainConfig:
                 elif value is None:
                     kwargs[key] = None
                 elif key in ("epochs", "batch_size", "crop_size", "upsample_to", "patience",
-                             "plateau_patience", "num_workers", "max_steps_per_epoch",
+                             "plateau_patience", "warmup_steps", "num_workers", "max_steps_per_epoch",
                              "val_rerank_top_k", "val_max_studies"):
                     if isinstance(value, bool) or float(value) != int(value):
                         raise ValueError
@@ -111,6 +122,10 @@ class TrainConfig:
             raise LimitrError(f"train.compile must be auto, true or false, got {self.compile!r}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise LimitrError(f"train.ema_decay must be null or in [0, 1), got {self.ema_decay}")
+        if self.schedule not in SCHEDULES:
+            raise LimitrError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise LimitrError(f"train.warmup_steps must be a whole number >= 0, got {self.warmup_steps}")
         if not 0 < self.plateau_factor < 1:
             raise LimitrError(f"train.plateau_factor must be in (0, 1), got {self.plateau_factor}")
         if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):

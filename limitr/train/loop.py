@@ -1,4 +1,4 @@
-"""The training loop: Adam, plateau schedule on validation r_sum, clipping, mixed precision,
+"""The training loop: Adam, a plateau (on validation r_sum) or cosine schedule, clipping, mixed precision,
 early stopping, best/last checkpoints, exact resume, curves; one process or several.
 
 Reproducibility: the model is initialised right after seeding with ``seed``; epoch ``e``
@@ -141,6 +141,28 @@ def make_optimizer(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.opti
         return torch.optim.Adam(groups, **kwargs)
 
 
+def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The cosine schedule's factor on each group's rate for optimizer step ``step`` (0-based):
+    linear from 1 / (warmup + 1) up to 1 over ``warmup_steps``, then half a cosine from 1 down
+    to 0, reached after the run's last step (``total_steps``)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    span = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, total_steps: int) -> Any:
+    """``train.schedule``: ReduceLROnPlateau on the validation r_sum (stepped per epoch) or the
+    cosine factor of :func:`cosine_factor` (stepped per optimizer step)."""
+    if train_cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_factor(step, total_steps, train_cfg.warmup_steps)
+        )
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience
+    )
+
+
 def input_files(shards: Path, tokens: Path) -> list[Path]:
     """The files a run reads: the train and validate shards, their token files, the tokenizer."""
     from limitr.data.shards import split_files
@@ -173,7 +195,9 @@ def _fingerprint(model_cfg: dict, train_cfg: dict, seed: int, world: int, train_
     """What must match for a checkpoint to be resumed: the settings that shape training,
     the seed, the process count, the training studies and the content of the input data."""
     digest = hashlib.sha256(np.ascontiguousarray(train_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-    fixed = {k: v for k, v in train_cfg.items() if k not in RESUMABLE_CHANGES}
+    # The cosine schedule's length is the run's: its epochs must match to resume.
+    resumable = [k for k in RESUMABLE_CHANGES if not (k == "epochs" and train_cfg.get("schedule") == "cosine")]
+    fixed = {k: v for k, v in train_cfg.items() if k not in resumable}
     return {"model": model_cfg, "train": fixed, "seed": int(seed), "world_size": int(world), "train_studies": digest,
             "inputs": inputs}
 
@@ -375,9 +399,7 @@ def setup_run(model_cfg: Any, train_cfg: TrainConfig, shards: Path, tokens: Path
     )
     compiled.attach(model, choice.kernels)
     optimizer = make_optimizer(model, train_cfg)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience
-    )
+    scheduler = make_scheduler(optimizer, train_cfg, train_cfg.epochs * len(sampler))
     autocast_dtype = resolve_autocast_dtype(train_cfg.mixed_precision, device)
     return _Run(
         model=model, step_module=wrap_for_training(model, dist, device), optimizer=optimizer,
@@ -488,6 +510,9 @@ def train_epoch(run: _Run, train_cfg: TrainConfig, model_cfg: Any, epoch: int, s
         )
         if run.average is not None:
             run.average.update(run.model)
+        rates = _rates(run.optimizer)  # the rates this step trained with
+        if train_cfg.schedule == "cosine":
+            run.scheduler.step()
         state.step += 1
         n_steps += 1
         loss = float(losses.total.detach())
@@ -506,7 +531,7 @@ def train_epoch(run: _Run, train_cfg: TrainConfig, model_cfg: Any, epoch: int, s
             "loss_local_internal": float(losses.local_internal.detach()),
             "loss_global": float(losses.global_.detach()),
             "grad_norm": grad_norm,
-            **_rates(run.optimizer),
+            **rates,
             "studies_per_s": train_cfg.batch_size / max(now - tick, 1e-9),
         }
         tick = now
@@ -545,7 +570,8 @@ def end_epoch(run: _Run, train_cfg: TrainConfig, state: _State, epoch: int, trai
     """Step the plateau schedule, track the best epoch and early stopping; the epoch's row."""
     r_sum = figures["r_sum"]
     epoch_lrs = _rates(run.optimizer)  # the rates this epoch trained with, before the plateau step
-    run.scheduler.step(r_sum)
+    if train_cfg.schedule == "plateau":
+        run.scheduler.step(r_sum)
     if r_sum > state.best["r_sum"]:
         state.best = {"r_sum": r_sum, "epoch": epoch + 1, "bad_epochs": 0}
     else:
