@@ -71,7 +71,7 @@ def train_stage(
     metrics: Path = typer.Option(Path("metrics"), help="folder for train.json and the DVCLive curves (training/)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (base.device)"),
 ) -> None:
-    """Train the model; validation r_sum picks the best epoch and drives the schedule."""
+    """Train the model; validation r_sum picks the best epoch and drives the plateau schedule (train.schedule)."""
     with stage_errors() as stage:
         from limitr.train.allocator import tune_allocator
 
