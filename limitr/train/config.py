@@ -34,7 +34,8 @@ class TrainConfig:
     stopping (None = never); schedule: "plateau" (halve the rates after ``plateau_patience``
     epochs without a better validation r_sum) or "cosine" (per step, after ``warmup_steps`` of
     linear warm-up, down to 0 at the last step; ``epochs`` then shapes the schedule and a run
-    cannot be resumed with another); mixed_precision: "auto" (on CUDA and on CPUs with native bf16), true or false;
+    cannot be resumed with another); mixed_precision: "auto" (on CUDA and on CPUs with native
+    bf16), true or false;
     max_steps_per_epoch: cap for quick runs (None = every full global batch);
     num_workers: DataLoader worker processes per training process, or "auto" (chosen from
     the cores, see ``limitr.train.loop.resolve_num_workers``); results do not depend on it;

@@ -45,7 +45,8 @@ def test_cosine_factor_known_values() -> None:
     assert [cosine_factor(s, 10, 2) for s in (0, 1, 2)] == pytest.approx([1 / 3, 2 / 3, 1.0], abs=1e-15)
     assert cosine_factor(6, 10, 2) == pytest.approx(0.5, abs=1e-15)
     factors = [cosine_factor(s, 100, 5) for s in range(100)]
-    assert factors[5] == 1.0 and all(a > b for a, b in zip(factors[5:], factors[6:]))  # falls monotonically after the warm-up
+    # After the warm-up the factor starts at 1 and falls at every step.
+    assert factors[5] == 1.0 and all(a > b for a, b in zip(factors[5:], factors[6:]))
 
 
 def test_cosine_run_trains_with_the_scheduled_rates(tiny_bert, tiny_data, tmp_path) -> None:
@@ -58,7 +59,7 @@ def test_cosine_run_trains_with_the_scheduled_rates(tiny_bert, tiny_data, tmp_pa
             assert row[key] == pytest.approx(base * factor, rel=1e-12), (i, key)
     assert rows[-1]["lr"] < 0.05 * 1.0e-3 and all(math.isfinite(r["loss"]) for r in rows)
 
-    # The plateau schedule keeps the rates while validation improves or not: constant within an epoch.
+    # The plateau schedule changes the rates only between epochs: one epoch keeps them.
     plateau = _run(tmp_path, tiny_bert, tiny_data, "plateau", epochs=1, schedule="plateau")
     assert {r["lr"] for r in plateau.step_history} == {1.0e-3}
 
