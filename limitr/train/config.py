@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union, get_args
 
 from limitr.errors import LimitrError
 from limitr.settings import TrainSettings
@@ -17,9 +17,9 @@ STAGE_KEYS: tuple[str, ...] = TrainSettings.STAGE_KEYS
 #: Knobs that may change when a run is resumed (they do not alter the steps already taken).
 RESUMABLE_CHANGES: tuple[str, ...] = ("epochs", "patience", "num_workers", "compile")
 
-#: Learning-rate schedules: ``plateau`` (the paper's, on the validation r_sum, per epoch) and
-#: ``cosine`` (per step, from each group's rate down to 0 at the run's last step).
-SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
+#: Learning-rate schedules, as the schema lists them: ``plateau`` (the paper's, on the
+#: validation r_sum, per epoch) and ``cosine`` (per step, down to 0 at the run's last step).
+SCHEDULES: tuple[str, ...] = get_args(TrainSettings.model_fields["schedule"].annotation)
 
 
 @dataclass
@@ -127,6 +127,11 @@ class TrainConfig:
             raise LimitrError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.warmup_steps < 0:
             raise LimitrError(f"train.warmup_steps must be a whole number >= 0, got {self.warmup_steps}")
+        if self.warmup_steps and self.schedule != "cosine":
+            raise LimitrError(
+                f"train.warmup_steps {self.warmup_steps} applies to the cosine schedule only: "
+                "set train.schedule: cosine, or train.warmup_steps: 0"
+            )
         if not 0 < self.plateau_factor < 1:
             raise LimitrError(f"train.plateau_factor must be in (0, 1), got {self.plateau_factor}")
         if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):

@@ -60,7 +60,7 @@ def test_cosine_run_trains_with_the_scheduled_rates(tiny_bert, tiny_data, tmp_pa
     assert rows[-1]["lr"] < 0.05 * 1.0e-3 and all(math.isfinite(r["loss"]) for r in rows)
 
     # The plateau schedule changes the rates only between epochs: one epoch keeps them.
-    plateau = _run(tmp_path, tiny_bert, tiny_data, "plateau", epochs=1, schedule="plateau")
+    plateau = _run(tmp_path, tiny_bert, tiny_data, "plateau", epochs=1, schedule="plateau", warmup_steps=0)
     assert {r["lr"] for r in plateau.step_history} == {1.0e-3}
 
 
@@ -89,4 +89,6 @@ def test_bad_schedule_settings_say_which_key() -> None:
         TrainConfig.from_dict({"warmup_steps": 1.5})
     with pytest.raises(LimitrError, match="train.warmup_steps"):
         TrainConfig.from_dict({"warmup_steps": -1})
+    with pytest.raises(LimitrError, match="cosine schedule only"):
+        TrainConfig.from_dict({"schedule": "plateau", "warmup_steps": 10})  # would do nothing
     assert TrainConfig.from_dict({"schedule": "Cosine"}).schedule == "cosine"
