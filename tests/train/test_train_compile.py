@@ -28,9 +28,10 @@ def _run(tmp: Path, bert: Path, data, name: str, **changes):
     return result, lines
 
 
-def test_compiled_training_matches_eager(tmp_path: Path, tiny_bert, tiny_data) -> None:
-    eager, eager_lines = _run(tmp_path, tiny_bert, tiny_data, "eager", compile=False)
-    fused, fused_lines = _run(tmp_path, tiny_bert, tiny_data, "fused", compile=True)
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_compiled_training_matches_eager(tmp_path: Path, tiny_bert, tiny_data, mixed_precision: bool) -> None:
+    eager, eager_lines = _run(tmp_path, tiny_bert, tiny_data, "eager", compile=False, mixed_precision=mixed_precision)
+    fused, fused_lines = _run(tmp_path, tiny_bert, tiny_data, "fused", compile=True, mixed_precision=mixed_precision)
     assert eager.summary["compile"]["compiled"] is False and eager_lines == ["eager (train.compile is false)"]
     info = fused.summary["compile"]
     assert info["compiled"] is True and info["fallback"] is None and info["graphs"] > 0, info
@@ -38,8 +39,16 @@ def test_compiled_training_matches_eager(tmp_path: Path, tiny_bert, tiny_data) -
     assert any((tmp_path / "cache" / "inductor").iterdir())  # the kernels in the named folder
     losses = [(a["loss"], b["loss"]) for a, b in zip(eager.step_history, fused.step_history)]
     assert len(losses) == 3
-    for a, b in losses:  # the same steps and dropout draws; float32 rounding only
-        assert math.isclose(a, b, rel_tol=1e-4), losses
+    # The first loss comes before any update: the same batch and dropout draws, so only the
+    # kernels' rounding parts them (bf16 autocast rounds to 3 significant digits).
+    assert math.isclose(*losses[0], rel_tol=1e-3 if mixed_precision else 1e-5), losses
+    if mixed_precision:
+        return  # in bf16 a rounding apart moves Adam's first steps by whole learning rates
+    # Adam's first steps are near sign(gradient): a gradient element near 0 that rounds to the
+    # other sign moves its weight by 2 lr, so float32 rounding grows to a few 1e-4 of the loss by step 3
+    # (the gradients themselves are checked against eager in tests/model/test_model_compiled.py).
+    for a, b in losses[1:]:
+        assert math.isclose(a, b, rel_tol=2e-3), losses
     for key in ("i2t_R@1", "t2i_R@1", "r_sum"):
         assert math.isclose(eager.summary["final"][key], fused.summary["final"][key], abs_tol=1e-6), key
 
