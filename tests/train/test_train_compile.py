@@ -33,6 +33,8 @@ def test_compiled_training_matches_eager(tmp_path: Path, tiny_bert, tiny_data, m
     eager, eager_lines = _run(tmp_path, tiny_bert, tiny_data, "eager", compile=False, mixed_precision=mixed_precision)
     fused, fused_lines = _run(tmp_path, tiny_bert, tiny_data, "fused", compile=True, mixed_precision=mixed_precision)
     assert eager.summary["compile"]["compiled"] is False and eager_lines == ["eager (train.compile is false)"]
+    precision = "bfloat16" if mixed_precision else "float32"
+    assert eager.summary["precision"] == fused.summary["precision"] == precision
     info = fused.summary["compile"]
     assert info["compiled"] is True and info["fallback"] is None and info["graphs"] > 0, info
     assert fused_lines == ["compiled (train.compile is true)"]
