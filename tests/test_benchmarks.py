@@ -31,7 +31,7 @@ def _env(tmp: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bench_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bench_data(module_tmp: Path) -> Path:
     """A pipeline-like data folder: model, embeddings, shards (test and, copied, train),
     tokens with the tokenizer, and the original files in the MIMIC-CXR layout."""
     import torch
@@ -41,7 +41,7 @@ def bench_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("bench")
+    root = module_tmp
     paths = build(root / "data", n_studies=16)
     embed(paths)
     torch.set_num_threads(threads)

@@ -100,11 +100,11 @@ def _state_epoch(out: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory):
+def killed_and_resumed(module_tmp):
     """A tiny pipeline whose `dvc repro` is killed (SIGKILL, whole process group) once
     training has finished an epoch, then rerun to the end; and a training of the same
     settings without interruption into another folder."""
-    work = tiny_repo(tmp_path_factory.mktemp("faults") / "repo", epochs=EPOCHS)
+    work = tiny_repo(module_tmp / "repo", epochs=EPOCHS)
     _run(["git", "init", "-q"], work)
     _run(["git", "add", "-A"], work)
     _run(["git", "commit", "-qm", "copy"], work)

@@ -32,7 +32,7 @@ def _preprocess(out: Path, size: int = SIZE, **kw) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sources(module_tmp: Path) -> dict:
     import torch
 
     from limitr.files import write_json
@@ -40,7 +40,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from limitr.text.tokenize import tokenize_shards
     from limitr.text.tokenizer import load_tokenizer
 
-    root = tmp_path_factory.mktemp("transfer")
+    root = module_tmp
     make_iu_kaggle(root / "iu", n_good=16)
     make_manifest(root / "archive", n_good=20)
     iu = _preprocess(root / "iu-shards", source="iu", iu_root=root / "iu")

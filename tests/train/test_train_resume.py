@@ -68,8 +68,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_bert, tiny_data):
-    tmp = tmp_path_factory.mktemp("reference")
+def reference(module_tmp, tiny_bert, tiny_data):
+    tmp = module_tmp
     return tmp, _run(tmp, tiny_bert, tiny_data, "ref")
 
 
