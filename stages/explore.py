@@ -2,10 +2,18 @@
 
 Not a DVC stage. Needs the optional extra: ``pip install '.[explore]'``. Serves on
 127.0.0.1 (this machine only) unless ``--host`` says otherwise; no data leaves the machine.
+Uploaded images and drawn heatmaps go to a private temporary folder (mode 0700) that is
+removed when the page stops, not to Gradio's shared ``/tmp/gradio``; set ``GRADIO_TEMP_DIR``
+to keep them elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +35,23 @@ from stages.search import (
 )
 
 
+@contextlib.contextmanager
+def private_uploads() -> Iterator[Path]:
+    """Point Gradio's upload folder at a fresh private folder for the page's life, then remove
+    it (uploads are patients' images). A ``GRADIO_TEMP_DIR`` the user set is left alone."""
+    chosen = os.environ.get("GRADIO_TEMP_DIR")
+    if chosen:
+        yield Path(chosen)
+        return
+    folder = tempfile.mkdtemp(prefix="limitr-explore-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    try:
+        yield Path(folder)
+    finally:
+        del os.environ["GRADIO_TEMP_DIR"]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @app.command("explore")
 def explore_command(
     host: str = typer.Option("127.0.0.1", help="address to serve on (127.0.0.1 = this machine only)"),
@@ -45,8 +70,11 @@ def explore_command(
     index_threshold: int = INDEX_THRESHOLD_OPTION,
     device: Optional[str] = DEVICE_OPTION,
 ) -> None:
-    """Serve a page to search the gallery and ground phrases on uploaded images."""
-    with stage_errors():
+    """Serve a page to search the gallery and ground phrases on uploaded images.
+
+    Uploads stay in a private temporary folder, removed when the page stops
+    (set GRADIO_TEMP_DIR to keep them elsewhere)."""
+    with stage_errors(), private_uploads():
         from limitr.errors import LimitrError
         from limitr.use.page import _gradio, launch
 

@@ -21,30 +21,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def browser():
+def browser(profile: Path):
     from selenium import webdriver
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1300"):
         options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={profile}")  # the browser's files in the test's folder
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
 
 
-def test_page_answers_a_query_in_a_browser(tiny_run, tmp_path: Path) -> None:
+def test_page_answers_a_query_in_a_browser(tiny_run, tmp_path: Path, monkeypatch) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from limitr.use import Explorer, load, load_gallery
     from limitr.use.page import launch
 
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # the page's files too
     model = load(tiny_run["model"])
     gallery = load_gallery(tiny_run["embeddings"], "test", tiny_run["shards"], model.fingerprint, model.crop_size)
     page = launch(Explorer(model, gallery), port=free_port(), k=4, block=False)
     driver = None
     try:
         assert page.local_url.startswith("http://127.0.0.1:")
-        driver = browser()
+        driver = browser(tmp_path / "chromium")
         driver.get(page.local_url)
         wait = WebDriverWait(driver, 120)
         box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#query textarea"))

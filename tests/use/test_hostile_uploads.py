@@ -6,6 +6,7 @@ they hold."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from hostile import grey_pattern, make_all
 from stages.app import app
+from stages.explore import private_uploads
 from test_use_commands import common, fails_with, gallery
 
 runner = CliRunner()
@@ -84,16 +86,28 @@ def _free_port() -> int:
 
 def test_page_shows_a_message_and_answers_the_next_upload(files, tiny_run) -> None:
     pytest.importorskip("gradio")
-    from gradio_client import Client, handle_file
-
     from limitr.use import Explorer, load, load_gallery
-    from limitr.use.page import launch
 
     model = load(tiny_run["model"])
     table = load_gallery(tiny_run["embeddings"], "test", tiny_run["shards"], model.fingerprint, model.crop_size)
-    page = launch(Explorer(model, table), port=_free_port(), k=3, block=False)
+    with private_uploads() as uploads:
+        assert uploads.stat().st_mode & 0o777 == 0o700
+        _serve_and_upload(Explorer(model, table), files, tiny_run, uploads)
+        kept = {p.name for p in uploads.rglob("*") if p.is_file()}
+        # Gradio kept the uploads in the private folder
+        assert {tiny_run["files"][1][0].name, files["cmyk"].name} <= kept, sorted(kept)
+    assert not uploads.exists() and "GRADIO_TEMP_DIR" not in os.environ  # and it went with the page
+
+
+def _serve_and_upload(explorer, files, tiny_run, uploads: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    from limitr.use.page import launch
+
+    page = launch(explorer, port=_free_port(), k=3, block=False)
     try:
-        client = Client(page.local_url, verbose=False)
+        # download_files=False: the client leaves its copies of the answers on the server
+        client = Client(page.local_url, verbose=False, download_files=False)
         good = tiny_run["files"][1][0]
 
         def read(path: Path):
@@ -107,7 +121,7 @@ def test_page_shows_a_message_and_answers_the_next_upload(files, tiny_run) -> No
             grown = _peak_rss_mb() - before
             if name in REFUSED:
                 assert f"{files[name].name} {REFUSED[name]}" in message and "limitr-error" in message, message
-                assert "/gradio" not in message  # the file as the user named it
+                assert str(uploads) not in message and "/gradio" not in message  # the file as the user named it
                 assert not reports and heat is None
             else:
                 assert "reports ranked" in message and reports.count("<tr>") == 1 + 3, message

@@ -4,6 +4,7 @@ exit code 1 and one line on stderr."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -150,3 +151,32 @@ def test_explore_refuses_a_missing_model_in_one_line(tiny_run, tmp_path: Path) -
     fails_with(["explore", "--params", str(tiny_run["root"] / "none.yaml"), "--model", str(tmp_path / "absent"),
                 *gallery(tiny_run)], "does not exist")
     fails_with(["explore", "--params", str(tiny_run["root"] / "none.yaml"), "--map", "edges"], "--map")
+
+
+def test_explore_keeps_uploads_in_a_private_folder_it_removes(tiny_run, monkeypatch) -> None:
+    """The page's uploads (patients' images) go to a fresh 0700 folder, not Gradio's shared
+    /tmp/gradio, and the folder goes when the page stops, even on Ctrl-C."""
+    pytest.importorskip("gradio")
+    import limitr.use.page
+
+    seen = {}
+
+    class Page:
+        local_url = "http://127.0.0.1:0/"
+
+        def block_thread(self):
+            folder = Path(os.environ["GRADIO_TEMP_DIR"])
+            seen["folder"], seen["mode"] = folder, folder.stat().st_mode & 0o777
+            (folder / "upload.png").write_bytes(b"an upload")
+            raise KeyboardInterrupt
+
+        def close(self):
+            seen["closed"] = True
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    monkeypatch.setattr(limitr.use.page, "launch", lambda *a, **kw: Page())
+    result = runner.invoke(app, ["explore", *common(tiny_run), *gallery(tiny_run)])
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted", result.output
+    assert seen["mode"] == 0o700 and seen["closed"]
+    assert seen["folder"].name.startswith("limitr-explore-") and not seen["folder"].exists()
+    assert "GRADIO_TEMP_DIR" not in os.environ
