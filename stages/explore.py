@@ -48,7 +48,10 @@ def private_uploads() -> Iterator[Path]:
     try:
         yield Path(folder)
     finally:
-        del os.environ["GRADIO_TEMP_DIR"]
+        if chosen is None:
+            del os.environ["GRADIO_TEMP_DIR"]
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = chosen  # set but empty: Gradio's default, restored as it was
         shutil.rmtree(folder, ignore_errors=True)
 
 
