@@ -113,7 +113,9 @@ def test_train_stage_under_torchrun(tiny_bert, tiny_data, tmp_path: Path) -> Non
         "-m", "stages", "train", "--params", str(params), "--epochs", "1",
         "--metrics", str(tmp_path / "metrics"),
     ]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    # TMPDIR: torchrun's own log folder goes with the test's
+    result = subprocess.run(cmd, cwd=tmp_path, env={**_env(), "TMPDIR": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("best r_sum") == 1  # rank 0 alone prints
     summary = json.loads((tmp_path / "metrics" / "train.json").read_text())
