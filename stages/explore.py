@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
+from unittest import mock
 
 import typer
 
@@ -39,20 +39,12 @@ from stages.search import (
 def private_uploads() -> Iterator[Path]:
     """Point Gradio's upload folder at a fresh private folder for the page's life, then remove
     it (uploads are patients' images). A ``GRADIO_TEMP_DIR`` the user set is left alone."""
-    chosen = os.environ.get("GRADIO_TEMP_DIR")
-    if chosen:
-        yield Path(chosen)
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        yield Path(os.environ["GRADIO_TEMP_DIR"])
         return
-    folder = tempfile.mkdtemp(prefix="limitr-explore-")
-    os.environ["GRADIO_TEMP_DIR"] = folder
-    try:
+    with tempfile.TemporaryDirectory(prefix="limitr-explore-", ignore_cleanup_errors=True) as folder, \
+            mock.patch.dict(os.environ, {"GRADIO_TEMP_DIR": folder}):
         yield Path(folder)
-    finally:
-        if chosen is None:
-            del os.environ["GRADIO_TEMP_DIR"]
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = chosen  # set but empty: Gradio's default, restored as it was
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @app.command("explore")

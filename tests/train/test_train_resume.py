@@ -69,8 +69,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def reference(module_tmp, tiny_bert, tiny_data):
-    tmp = module_tmp
-    return tmp, _run(tmp, tiny_bert, tiny_data, "ref")
+    return module_tmp, _run(module_tmp, tiny_bert, tiny_data, "ref")
 
 
 def test_same_seed_same_losses_other_seed_differs(reference, tiny_bert, tiny_data, tmp_path) -> None:

@@ -32,14 +32,13 @@ def browser(profile: Path):
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
 
 
-def test_page_answers_a_query_in_a_browser(tiny_run, tmp_path: Path, monkeypatch) -> None:
+def test_page_answers_a_query_in_a_browser(tiny_run, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from limitr.use import Explorer, load, load_gallery
     from limitr.use.page import launch
 
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # the page's files too
     model = load(tiny_run["model"])
     gallery = load_gallery(tiny_run["embeddings"], "test", tiny_run["shards"], model.fingerprint, model.crop_size)
     page = launch(Explorer(model, gallery), port=free_port(), k=4, block=False)
